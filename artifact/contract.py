@@ -34,7 +34,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +130,23 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST) -> Manifest:
-        required = (
-            "format_version model_version created_at dataset_fingerprint n_users n_items dim "
-            "n_layers omega graph_norm modalities model_config train_config metrics files"
-        ).split()
+        required = [
+            "format_version",
+            "model_version",
+            "created_at",
+            "dataset_fingerprint",
+            "n_users",
+            "n_items",
+            "dim",
+            "n_layers",
+            "omega",
+            "graph_norm",
+            "modalities",
+            "model_config",
+            "train_config",
+            "metrics",
+            "files",
+        ]
         missing = [k for k in required if k not in data]
         if missing:
             raise ArtifactError(f"{where}: missing keys {missing}")
@@ -216,7 +229,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def new_model_version(now: datetime | None = None) -> str:
     """Sortable, unique: UTC timestamp plus 8 random hex digits."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
@@ -430,7 +443,7 @@ def set_current(root: Path | str, version: str) -> None:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- user vectors
