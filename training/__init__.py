@@ -1,0 +1,1 @@
+"""Offline trainer: dataset validation, graphs, the training loop, evaluation and export."""
