@@ -1,0 +1,1 @@
+"""FastAPI + FAISS + Redis inference service for MMSSL artifacts (never imports torch)."""

@@ -1,0 +1,287 @@
+"""FastAPI app: ``uvicorn service.app:app``. Routes are thin; resources are built in the lifespan."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import RetrainDisabledError, UnauthorizedError, install_error_handlers
+from service.logging import configure_logging, redact_url
+from service.metrics import Metrics
+from service.model_manager import ModelManager
+from service.retrain import Retrainer
+from service.schemas import (
+    InteractionsRequest,
+    InteractionsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RetrainAccepted,
+    RetrainRequest,
+    RetrainStatus,
+)
+from service.serving import Serving
+from service.settings import Settings, get_settings
+from service.store import EmbeddedStore, FailOpenStore, RedisStore, Store
+
+log = logging.getLogger(__name__)
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+@dataclass
+class Runtime:
+    """Everything the routes use, built by the lifespan."""
+
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    manager: ModelManager
+    retrainer: Retrainer
+    serving: Serving
+
+
+def build_store(settings: Settings, metrics: Metrics) -> Store:
+    if settings.redis_url is None:
+        return EmbeddedStore(
+            settings.cache_ttl_s,
+            settings.fresh_max_per_user,
+            settings.fresh_ttl_s,
+            settings.cache_max_entries,
+        )
+    redis_store = RedisStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout_s=settings.redis_timeout_s,
+        cache_ttl_s=settings.cache_ttl_s,
+        fresh_max=settings.fresh_max_per_user,
+        fresh_ttl_s=settings.fresh_ttl_s,
+    )
+    return FailOpenStore(redis_store, metrics, retry_s=settings.redis_retry_s)
+
+
+class _AppState:
+    def __init__(self, settings: Settings | None) -> None:
+        self.settings_override = settings
+        self.metrics = Metrics()
+        self.runtime: Runtime | None = None
+
+
+def runtime(request: Request) -> Runtime:
+    rt = request.app.state.mmssl.runtime
+    assert rt is not None, "lifespan has not run"
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+
+def require_admin(request: Request, rt: RuntimeDep) -> None:
+    token = rt.settings.admin_token
+    if token is None:
+        raise RetrainDisabledError("retraining is disabled: ADMIN_TOKEN is not set on this server")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise UnauthorizedError("missing or wrong admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
+
+
+# ------------------------------------------------------------------------------------ middleware
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over MAX_BODY_BYTES: by Content-Length up front, and by counting streamed bytes
+    (chunked uploads have no Content-Length)."""
+
+    def __init__(self, app: ASGIApp, state: _AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rt = self.state.runtime
+        limit = rt.settings.max_body_bytes if rt else 1_048_576
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > limit:
+                    await self._reject(scope, send, limit)
+                    return
+                break
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._reject(scope, send, limit)
+
+    @staticmethod
+    async def _reject(scope: Scope, send: Send, limit: int) -> None:
+        body = orjson.dumps({"detail": f"request body larger than MAX_BODY_BYTES={limit}"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Request count and latency per route template (not per raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(label, method, str(status)).inc()
+            self.metrics.latency.labels(label, method).observe(time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------ app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """``settings`` None: read them with ``get_settings()`` at start-up (not at import)."""
+    state = _AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = state.settings_override or get_settings()
+        configure_logging(s.log_level)
+        log.info(
+            "starting",
+            extra={"settings": {**s.model_dump(mode="json"), "redis_url": redact_url(s.redis_url)}},
+        )
+        metrics = state.metrics
+        store = build_store(s, metrics)
+        manager = ModelManager(s, metrics)
+        try:
+            await manager.start()
+        except BaseException:
+            await store.close()
+            raise
+        retrainer = Retrainer(s, store, manager, metrics)
+        state.runtime = Runtime(s, metrics, store, manager, retrainer, Serving(s, manager, store, metrics))
+        try:
+            yield
+        finally:
+            state.runtime = None
+            await manager.stop()
+            await retrainer.close()
+            await store.close()
+            log.info("stopped")
+
+    app = FastAPI(title="MMSSL recommendation service", version="1.0", lifespan=lifespan)
+    app.state.mmssl = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, state=state)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest, rt: RuntimeDep) -> Response:
+        started = time.perf_counter()
+        result = await rt.serving.recommend(body)
+        rt.metrics.recommend_latency.labels(result["path"]).observe(time.perf_counter() - started)
+        return _json(result)
+
+    @app.post("/interactions", response_model=InteractionsResponse)
+    async def interactions(body: InteractionsRequest, rt: RuntimeDep) -> Response:
+        return _json(await rt.serving.record_interactions(body))
+
+    @app.post(
+        "/retrain", status_code=202, response_model=RetrainAccepted, dependencies=[Depends(require_admin)]
+    )
+    async def retrain(rt: RuntimeDep, body: RetrainRequest | None = None) -> Response:
+        body = body or RetrainRequest()
+        return _json(await rt.retrainer.submit(body.force, body.overrides), status_code=202)
+
+    @app.get("/retrain/{job_id}", response_model=RetrainStatus, dependencies=[Depends(require_admin)])
+    async def retrain_status(job_id: str, rt: RuntimeDep) -> Response:
+        return _json(await rt.retrainer.status(job_id))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "alive"})
+
+    @app.get("/readyz")
+    async def readyz(rt: RuntimeDep) -> Response:
+        rec = rt.manager.current
+        body: dict[str, Any] = {"store": rt.store.kind}
+        if rec is None:
+            body |= {
+                "status": "not ready",
+                "detail": "no model loaded yet",
+                "last_load_error": rt.manager.last_error,
+            }
+            return _json(body, status_code=503)
+        return _json(body | {"status": "ready", "model_version": rec.version})
+
+    @app.get("/model")
+    async def model(rt: RuntimeDep) -> Response:
+        return _json(rt.manager.summary())
+
+    @app.get("/metrics")
+    async def metrics_route(rt: RuntimeDep) -> Response:
+        return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+app = create_app()

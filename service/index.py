@@ -1,0 +1,98 @@
+"""FAISS inner-product indexes over the item vectors h_i."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# GPU flat/IVF search returns at most this many neighbours per query (FAISS limit).
+GPU_MAX_K = 2048
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "flat"  # flat | ivf | hnsw
+    ivf_nlist: int = 0  # 0 = about 4 * sqrt(n)
+    ivf_nprobe: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    use_gpu: bool = True
+
+
+class ItemIndex:
+    """One built index plus how to query it. ``search`` takes one query vector."""
+
+    def __init__(
+        self, index: Any, kind: str, exact: bool, config: IndexConfig, gpu_resources: Any = None
+    ) -> None:
+        self.index = index
+        self._gpu_resources = gpu_resources  # must outlive a GPU index
+        self.kind = kind
+        self.exact = exact  # results equal brute-force inner products
+        self.on_gpu = gpu_resources is not None
+        self.ntotal = int(index.ntotal)
+        self.max_k = min(self.ntotal, GPU_MAX_K) if self.on_gpu else self.ntotal
+        self._config = config
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """query (d,) float32 -> (scores (k',), item indices (k',)); k' <= k, missing entries dropped."""
+        k = min(k, self.max_k)
+        q = query.reshape(1, -1)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # stub lacks it
+                efSearch=max(self._config.hnsw_ef_search, k)
+            )
+            scores, labels = self.index.search(q, k, params=params)
+        else:
+            scores, labels = self.index.search(q, k)
+        scores, labels = scores[0], labels[0]
+        if labels.size and labels[-1] < 0:  # approximate indexes pad with -1
+            keep = labels >= 0
+            scores, labels = scores[keep], labels[keep]
+        return scores, labels
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.kind, "exact": self.exact, "gpu": self.on_gpu, "ntotal": self.ntotal}
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(item_embeddings: np.ndarray, config: IndexConfig) -> ItemIndex:
+    """Build the index over h_i (n_items, d); float32 contiguous copies are made as FAISS needs."""
+    xb = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    n, d = xb.shape
+    kind = config.kind
+    index: Any
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = config.ivf_nlist or max(1, int(4 * math.sqrt(n)))
+        nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants ~39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(xb)
+        index.nprobe = min(config.ivf_nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+        index.hnsw.efSearch = config.hnsw_ef_search
+    else:
+        raise ValueError(f"INDEX_TYPE {kind!r} is not one of flat, ivf, hnsw")
+    res = None
+    if config.use_gpu and kind != "hnsw" and gpu_available():
+        res = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, 0, index)
+    elif config.use_gpu and kind == "hnsw" and gpu_available():
+        log.info("HNSW has no FAISS GPU implementation; the index stays on CPU")
+    index.add(xb)
+    log.info("built FAISS index", extra={"index": kind, "n_items": n, "dim": d, "gpu": res is not None})
+    return ItemIndex(index, kind, exact=kind == "flat", config=config, gpu_resources=res)

@@ -1,0 +1,172 @@
+"""Holds the serving Recommender and swaps in the version the store's CURRENT file names.
+
+Loading (checksums, shapes, dtypes) and the index build run in a worker thread, beside the model that
+keeps serving; the swap is one reference assignment. A request reads ``manager.current`` once and
+uses that object to the end, so requests in flight finish on the old model. Every replica polls
+CURRENT, so a promotion by the retrain worker (or ``python -m service.admin promote``) reaches all
+of them; a broken artifact is refused, logged and counted, and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from artifact import contract
+from artifact.contract import ArtifactError
+from service.errors import ModelNotReadyError
+from service.index import IndexConfig, build_index
+from service.metrics import Metrics
+from service.recommender import Recommender
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def index_config(settings: Settings) -> IndexConfig:
+    return IndexConfig(
+        kind=settings.index_type,
+        ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        use_gpu=settings.faiss_use_gpu,
+    )
+
+
+def load_recommender(path: Path, settings: Settings) -> Recommender:
+    """Verify and load one artifact directory and build its index (blocking; raises ArtifactError)."""
+    artifact = contract.load_artifact(path)
+    index = build_index(artifact.arrays.item_embeddings, index_config(settings))
+    return Recommender(artifact, index, overfetch_cap=settings.overfetch_cap)
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.root = settings.artifact_root
+        self._current: Recommender | None = None
+        self._lock = asyncio.Lock()
+        self._poll_task: asyncio.Task[None] | None = None
+        self._refused: str | None = None  # version whose load failed; not retried until CURRENT moves
+        self.last_error: str | None = None
+        faiss.omp_set_num_threads(settings.faiss_threads)
+
+    @property
+    def current(self) -> Recommender | None:
+        return self._current
+
+    def require(self) -> Recommender:
+        rec = self._current
+        if rec is None:
+            raise ModelNotReadyError(
+                f"no model is loaded yet: {self.root / contract.CURRENT} names no loadable version"
+                + (f" (last error: {self.last_error})" if self.last_error else "")
+            )
+        return rec
+
+    async def start(self) -> None:
+        """Load the version CURRENT names; raise ArtifactError if it is broken (refuse to start).
+
+        With no CURRENT yet the service starts unready and picks the first promotion up by polling.
+        """
+        version = contract.read_current(self.root)
+        if version is None:
+            log.warning(
+                "no CURRENT in the artifact store; not ready until one is promoted",
+                extra={"artifact_root": str(self.root)},
+            )
+        else:
+            await self._load(version, raise_errors=True)
+        self._poll_task = asyncio.create_task(self._poll(), name="model-poll")
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
+
+    async def check(self) -> bool:
+        """Swap in the version CURRENT names if it differs from the serving one. True if swapped."""
+        version = contract.read_current(self.root)
+        rec = self._current
+        if version is None or (rec is not None and rec.version == version) or version == self._refused:
+            return False
+        return await self._load(version, raise_errors=False)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_poll_interval_s)
+            try:
+                await self.check()
+            except Exception:  # never let the poller die
+                log.exception("model poll failed")
+
+    async def _load(self, version: str, raise_errors: bool) -> bool:
+        async with self._lock:
+            if self._current is not None and self._current.version == version:
+                return False
+            path = self.root / version
+            started = time.perf_counter()
+            try:
+                contract.check_version_name(version)
+                rec = await asyncio.to_thread(load_recommender, path, self.settings)
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                self._refused = version
+                self.last_error = str(exc)
+                self.metrics.model_load_failures.inc()
+                serving = self._current.version if self._current else None
+                log.error(
+                    "refused model version",
+                    extra={"version": version, "error": str(exc), "still_serving": serving},
+                )
+                if raise_errors:
+                    raise ArtifactError(f"refusing to start: {exc}") from exc
+                return False
+            old = self._current
+            self._current = rec  # the atomic swap
+            self._refused = None
+            self.last_error = None
+            self.metrics.set_model(rec.version, rec.loaded_at)
+            self.metrics.model_swaps.inc()
+            log.info(
+                "model swapped in",
+                extra={
+                    "version": rec.version,
+                    "previous": old.version if old else None,
+                    "index": rec.index.describe(),
+                    "load_s": round(time.perf_counter() - started, 3),
+                },
+            )
+            return True
+
+    def summary(self) -> dict[str, Any]:
+        rec = self.require()
+        m = rec.artifact.manifest
+        return {
+            "model_version": m.model_version,
+            "parent_version": m.parent_version,
+            "created_at": m.created_at,
+            "dataset_fingerprint": m.dataset_fingerprint,
+            "n_users": m.n_users,
+            "n_items": m.n_items,
+            "dim": m.dim,
+            "n_layers": m.n_layers,
+            "omega": m.omega,
+            "graph_norm": m.graph_norm,
+            "modalities": m.modalities,
+            "metrics": m.metrics,
+            "index": rec.index.describe(),
+            "loaded_at": rec.loaded_at,
+            "artifact_path": str(rec.artifact.path),
+            "last_load_error": self.last_error,
+        }

@@ -1,0 +1,140 @@
+"""The serving model: a verified artifact plus its FAISS index. No HTTP, no cache, no I/O.
+
+Which user vector is used (the ``path`` reported to clients):
+
+* ``known``      user in the artifact, no fresh items beyond the training ones: exported h_u;
+* ``fresh``      user in the artifact with fresh items: f_u^m recomputed over training + fresh items
+                 (Eq. 2), then h_u (Eq. 12) with the trained ID side e_hat_u;
+* ``fold_in``    user unknown to the artifact, with items: ID and modality sides folded in;
+* ``popularity`` user unknown to the artifact, no items: most popular training items.
+
+The maths is ``artifact.contract.user_vector``; this class only decides which call to make.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from artifact import contract
+from artifact.contract import Artifact
+from service.index import ItemIndex
+
+VectorPath = Literal["known", "fresh", "fold_in", "popularity"]
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    path: VectorPath
+    user_index: int | None
+    train_items: np.ndarray  # (n,) item indices seen in training (empty for unknown users)
+    vector_items: np.ndarray  # (m,) items N_u the vector is computed from (fresh and fold_in paths)
+
+
+class Recommender:
+    def __init__(self, artifact: Artifact, index: ItemIndex, overfetch_cap: int = 2048) -> None:
+        a = artifact.arrays
+        if index.ntotal != artifact.manifest.n_items:
+            raise ValueError(f"index holds {index.ntotal} items, artifact {artifact.manifest.n_items}")
+        self.artifact = artifact
+        self.index = index
+        self.version = artifact.version
+        self.dim = artifact.manifest.dim
+        self.n_items = artifact.manifest.n_items
+        self.overfetch_cap = overfetch_cap
+        self.loaded_at = time.time()
+        self.user_index = {u: i for i, u in enumerate(a.user_ids)}
+        self.item_index = {it: i for i, it in enumerate(a.item_ids)}
+        self._item_ids = np.array(a.item_ids, dtype=object)
+        self._item_embeddings = np.ascontiguousarray(a.item_embeddings, dtype=np.float32)
+        self._user_embeddings = np.ascontiguousarray(a.user_embeddings, dtype=np.float32)
+        self._pop_order = np.argsort(-a.item_popularity, kind="stable")  # most popular first
+        self._pop_scores = a.item_popularity[self._pop_order].astype(np.float32)
+
+    # ---------------------------------------------------------------- ids
+
+    def lookup_items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """External item ids -> (indices of the known ones, the unknown ids in request order)."""
+        index = self.item_index
+        found: list[int] = []
+        unknown: list[str] = []
+        for item_id in item_ids:
+            i = index.get(item_id)
+            if i is None:
+                unknown.append(item_id)
+            else:
+                found.append(i)
+        return np.array(found, dtype=np.int64), unknown
+
+    def item_ids(self, indices: np.ndarray) -> list[str]:
+        return self._item_ids[indices].tolist()
+
+    # ---------------------------------------------------------------- user vectors
+
+    def plan(self, user_id: str, fresh_items: np.ndarray) -> UserPlan:
+        """Decide the path for ``user_id`` given its fresh item indices (stored + in the request)."""
+        user_index = self.user_index.get(user_id)
+        if user_index is not None:
+            train = self.artifact.user_items(user_index)
+            new = np.setdiff1d(fresh_items, train) if fresh_items.size else _EMPTY
+            if new.size == 0:  # nothing beyond training: the exported h_u is exactly Eq. 12
+                return UserPlan("known", user_index, train, _EMPTY)
+            return UserPlan("fresh", user_index, train, np.union1d(train, new))
+        if fresh_items.size:
+            return UserPlan("fold_in", None, _EMPTY, np.unique(fresh_items))
+        return UserPlan("popularity", None, _EMPTY, _EMPTY)
+
+    def user_vector(self, plan: UserPlan) -> np.ndarray | None:
+        """(d,) float32 for the plan's path; None for the popularity path."""
+        if plan.path == "known":
+            assert plan.user_index is not None
+            return self._user_embeddings[plan.user_index]
+        if plan.path == "popularity":
+            return None
+        # Eq. 2 + Eq. 12; fold-in of the ID side when the user is unknown (user_index None).
+        return contract.user_vector(self.artifact, plan.vector_items, plan.user_index)
+
+    # ---------------------------------------------------------------- retrieval
+
+    def top_k(self, vector: np.ndarray | None, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` items not in ``exclude``: (item indices (k',), scores (k',)), best first.
+
+        ``vector`` None ranks by training popularity (the score is the interaction count).
+        """
+        exclude = np.unique(exclude) if exclude.size else _EMPTY
+        want = min(k, self.n_items - exclude.size)
+        if want <= 0:
+            return _EMPTY, np.zeros(0, dtype=np.float32)
+        # At most |exclude| of the first want + |exclude| candidates are excluded: over-fetch that many.
+        fetch = want + exclude.size
+        if vector is None:
+            labels = self._pop_order[:fetch]
+            scores = self._pop_scores[:fetch]
+            if exclude.size:
+                keep = ~np.isin(labels, exclude, assume_unique=True)
+                labels, scores = labels[keep], scores[keep]
+            return labels[:want], scores[:want]
+        query = np.ascontiguousarray(vector, dtype=np.float32)
+        if fetch <= min(self.overfetch_cap, self.index.max_k):
+            scores, labels = self.index.search(query, fetch)
+            if exclude.size:
+                keep = ~np.isin(labels, exclude, assume_unique=True)
+                labels, scores = labels[keep], scores[keep]
+            if labels.size >= want:
+                return labels[:want], scores[:want]
+            # an approximate index found too few candidates: fall back to exact scoring
+        return self._exact_top_k(query, want, exclude)
+
+    def _exact_top_k(
+        self, query: np.ndarray, want: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = self._item_embeddings @ query  # (n_items,)
+        scores[exclude] = -np.inf
+        top = np.argpartition(-scores, want - 1)[:want]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top, scores[top]

@@ -1,0 +1,350 @@
+"""User-vector cache and fresh-interaction store: Redis, or embedded in the process.
+
+Both implementations keep
+
+* cached user vectors, scoped by model version (a new model never reads an old model's vector),
+  with a TTL, dropped when the user records fresh interactions. Each cached value also carries a
+  fingerprint of the user's fresh list it was computed from, so a vector computed concurrently with a
+  new interaction is never served after it;
+* fresh interactions per user (oldest dropped beyond a bound, expiring after a quiet period), which
+  the next ``/recommend`` uses at once and the next retrain includes.
+
+``FailOpenStore`` wraps the Redis store: a failed read or cache write is logged, counted, and
+answered as a cache miss with no fresh items, so requests are served from the artifact alone; Redis is
+retried after ``retry_s`` and the connection pool reconnects by itself. Recording interactions does
+not fail open (that would lose them): it raises ``StoreUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from service.errors import StoreUnavailableError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_FP_LEN = 8  # bytes of fresh-list fingerprint in front of a cached vector
+_NO_FRESH_FP = b"\0" * _FP_LEN
+
+
+@dataclass(frozen=True)
+class UserState:
+    cached_vector: np.ndarray | None  # (d,) float32, valid for the version asked for and fresh list
+    fresh_items: list[str]  # oldest first
+    fingerprint: bytes  # identifies ``fresh_items``; pass back to ``set_user_vector``
+
+
+EMPTY_STATE = UserState(None, [], _NO_FRESH_FP)
+
+
+def _unpack_vector(value: bytes | None, fingerprint: bytes) -> np.ndarray | None:
+    if value is None or len(value) <= _FP_LEN or value[:_FP_LEN] != fingerprint:
+        return None
+    return np.frombuffer(value, dtype=np.float32, offset=_FP_LEN)
+
+
+class Store(ABC):
+    kind: str
+
+    @abstractmethod
+    async def get_user_state(self, version: str, user_id: str) -> UserState:
+        """Cached vector (for ``version``) and fresh items of one user, in one round trip."""
+
+    @abstractmethod
+    async def set_user_vector(
+        self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
+    ) -> None:
+        """Cache ``vector`` for ``version``, valid while the user's fresh list has ``fingerprint``."""
+
+    @abstractmethod
+    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+        """Record fresh interactions, drop the user's cached vectors; returns how many are kept."""
+
+    @abstractmethod
+    async def fresh_snapshot(self) -> dict[str, list[str]]:
+        """Every user's fresh items (oldest first, duplicates removed), for a retrain."""
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+# --------------------------------------------------------------------------------------- embedded
+
+
+@dataclass
+class _EmbeddedUser:
+    fresh: deque[tuple[str, float]]
+    generation: int = 0
+    expires_at: float = 0.0
+    vectors: dict[str, tuple[float, bytes, np.ndarray]] = field(default_factory=dict)  # version ->
+
+
+class EmbeddedStore(Store):
+    """In-process store for a single process (no REDIS_URL): lost on restart."""
+
+    kind = "embedded"
+
+    def __init__(self, cache_ttl_s: int, fresh_max: int, fresh_ttl_s: int, max_entries: int) -> None:
+        self.cache_ttl_s = cache_ttl_s
+        self.fresh_max = fresh_max
+        self.fresh_ttl_s = fresh_ttl_s
+        self.max_entries = max_entries
+        self._users: OrderedDict[str, _EmbeddedUser] = OrderedDict()  # LRU order
+
+    def _user(self, user_id: str, create: bool) -> _EmbeddedUser | None:
+        now = time.monotonic()
+        user = self._users.get(user_id)
+        if user is not None and user.fresh and user.expires_at < now:
+            user.fresh.clear()
+            user.generation += 1
+        if user is None and create:
+            user = _EmbeddedUser(deque(maxlen=self.fresh_max))
+            self._users[user_id] = user
+            while len(self._users) > self.max_entries:
+                self._users.popitem(last=False)
+        if user is not None:
+            self._users.move_to_end(user_id)
+        return user
+
+    @staticmethod
+    def _fingerprint(user: _EmbeddedUser) -> bytes:
+        return user.generation.to_bytes(_FP_LEN, "little") if user.fresh else _NO_FRESH_FP
+
+    async def get_user_state(self, version: str, user_id: str) -> UserState:
+        user = self._user(user_id, create=False)
+        if user is None:
+            return EMPTY_STATE
+        fp = self._fingerprint(user)
+        vector = None
+        entry = user.vectors.get(version)
+        if entry is not None:
+            expires_at, entry_fp, entry_vector = entry
+            if expires_at >= time.monotonic() and entry_fp == fp:
+                vector = entry_vector
+            else:
+                del user.vectors[version]
+        return UserState(vector, [item for item, _ in user.fresh], fp)
+
+    async def set_user_vector(
+        self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
+    ) -> None:
+        user = self._user(user_id, create=True)
+        assert user is not None
+        if fingerprint == self._fingerprint(user):
+            user.vectors[version] = (time.monotonic() + self.cache_ttl_s, fingerprint, vector.copy())
+
+    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+        user = self._user(user_id, create=True)
+        assert user is not None
+        user.fresh.extend(zip(items, timestamps, strict=True))
+        user.generation += 1
+        user.expires_at = time.monotonic() + self.fresh_ttl_s
+        user.vectors.clear()
+        return len(user.fresh)
+
+    async def fresh_snapshot(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for user_id in list(self._users):
+            user = self._user(user_id, create=False)
+            if user is not None and user.fresh:
+                out[user_id] = list(dict.fromkeys(item for item, _ in user.fresh))
+        return out
+
+
+# --------------------------------------------------------------------------------------- Redis
+
+
+class RedisStore(Store):
+    """Keys: ``{prefix}:vec:{user}`` hash version -> fingerprint + float32 bytes (TTL);
+    ``{prefix}:fresh:{user}`` list of JSON [item_id, timestamp] (bounded, TTL);
+    ``{prefix}:fresh_users`` set of users with fresh interactions (for the retrain snapshot)."""
+
+    kind = "redis"
+
+    def __init__(
+        self, client: Redis, prefix: str, cache_ttl_s: int, fresh_max: int, fresh_ttl_s: int
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.cache_ttl_s = cache_ttl_s
+        self.fresh_max = fresh_max
+        self.fresh_ttl_s = fresh_ttl_s
+        self._users_key = f"{prefix}:fresh_users"
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str, timeout_s: float, cache_ttl_s: int, fresh_max: int, fresh_ttl_s: int
+    ) -> RedisStore:
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # one immediate retry replaces a pooled connection that died with a Redis restart
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
+        )
+        return cls(client, prefix, cache_ttl_s, fresh_max, fresh_ttl_s)
+
+    def _vec_key(self, user_id: str) -> str:
+        return f"{self.prefix}:vec:{user_id}"
+
+    def _fresh_key(self, user_id: str) -> str:
+        return f"{self.prefix}:fresh:{user_id}"
+
+    @staticmethod
+    def _fingerprint(raw: list[bytes]) -> bytes:
+        if not raw:
+            return _NO_FRESH_FP
+        return hashlib.blake2b(b"\n".join(raw), digest_size=_FP_LEN).digest()
+
+    async def get_user_state(self, version: str, user_id: str) -> UserState:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(self._vec_key(user_id), version)
+            pipe.lrange(self._fresh_key(user_id), 0, -1)
+            value, raw = await pipe.execute()
+        if value is None and not raw:
+            return EMPTY_STATE
+        fp = self._fingerprint(raw)
+        return UserState(_unpack_vector(value, fp), [orjson.loads(r)[0] for r in raw], fp)
+
+    async def set_user_vector(
+        self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
+    ) -> None:
+        key = self._vec_key(user_id)
+        payload = fingerprint + np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, version, payload)
+            pipe.expire(key, self.cache_ttl_s)
+            await pipe.execute()
+
+    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+        key = self._fresh_key(user_id)
+        entries = [orjson.dumps([item, ts]) for item, ts in zip(items, timestamps, strict=True)]
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *entries)
+            pipe.ltrim(key, -self.fresh_max, -1)
+            pipe.expire(key, self.fresh_ttl_s)
+            pipe.sadd(self._users_key, user_id)
+            pipe.delete(self._vec_key(user_id))
+            pipe.llen(key)
+            result = await pipe.execute()
+        return int(result[-1])
+
+    async def fresh_snapshot(self) -> dict[str, list[str]]:
+        members = await self.client.smembers(self._users_key)
+        users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        out: dict[str, list[str]] = {}
+        gone: list[str] = []
+        for start in range(0, len(users), 1000):
+            chunk = users[start : start + 1000]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for user_id in chunk:
+                    pipe.lrange(self._fresh_key(user_id), 0, -1)
+                lists = await pipe.execute()
+            for user_id, raw in zip(chunk, lists, strict=True):
+                if raw:
+                    out[user_id] = list(dict.fromkeys(orjson.loads(r)[0] for r in raw))
+                else:
+                    gone.append(user_id)  # expired
+        if gone:
+            await self.client.srem(self._users_key, *gone)
+        return out
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class FailOpenStore(Store):
+    """Redis store whose read/cache failures degrade to "no cache, no fresh items"."""
+
+    def __init__(self, inner: RedisStore, metrics: Metrics, retry_s: float) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.metrics = metrics
+        self.retry_s = retry_s
+        self._down_until = 0.0  # monotonic time before which reads skip Redis
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(op).inc()
+        if self._down_until == 0.0:
+            log.warning("Redis failed; serving from the artifact alone", extra={"op": op, "error": repr(exc)})
+        self._down_until = time.monotonic() + self.retry_s
+
+    def _recovered(self) -> None:
+        if self._down_until:
+            log.info("Redis is back")
+            self._down_until = 0.0
+
+    def _skip(self) -> bool:
+        if self._down_until and time.monotonic() < self._down_until:
+            self.metrics.redis_errors.labels("skipped").inc()
+            return True
+        return False
+
+    async def get_user_state(self, version: str, user_id: str) -> UserState:
+        if self._skip():
+            return EMPTY_STATE
+        try:
+            state = await self.inner.get_user_state(version, user_id)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("get_user_state", exc)
+            return EMPTY_STATE
+        self._recovered()
+        return state
+
+    async def set_user_vector(
+        self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
+    ) -> None:
+        if self._skip():
+            return
+        try:
+            await self.inner.set_user_vector(version, user_id, fingerprint, vector)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("set_user_vector", exc)
+
+    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+        try:
+            kept = await self.inner.add_interactions(user_id, items, timestamps)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("add_interactions", exc)
+            raise StoreUnavailableError(f"cannot record interactions: Redis is unavailable ({exc})") from exc
+        self._recovered()
+        return kept
+
+    async def fresh_snapshot(self) -> dict[str, list[str]]:
+        try:
+            return await self.inner.fresh_snapshot()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("fresh_snapshot", exc)
+            raise StoreUnavailableError(
+                f"cannot read the fresh interactions for the retrain: Redis is unavailable ({exc})"
+            ) from exc
+
+    async def healthy(self) -> bool:
+        return await self.inner.healthy()
+
+    async def close(self) -> None:
+        await self.inner.close()

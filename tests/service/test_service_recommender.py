@@ -1,0 +1,153 @@
+"""Recommender and FAISS index against independent numpy references (no HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import svc_artifacts
+
+from artifact import contract
+from service.index import IndexConfig, build_index
+from service.recommender import Recommender
+
+
+def _recommender(path: Path, kind: str = "flat", overfetch_cap: int = 2048) -> Recommender:
+    artifact = contract.load_artifact(path)
+    index = build_index(artifact.arrays.item_embeddings, IndexConfig(kind=kind))
+    return Recommender(artifact, index, overfetch_cap=overfetch_cap)
+
+
+def _brute_force(item_emb: np.ndarray, query: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarray:
+    scores = item_emb.astype(np.float64) @ query.astype(np.float64)
+    scores[exclude] = -np.inf
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / max(float(np.linalg.norm(x)), 1e-12)
+
+
+def test_flat_index_equals_numpy_brute_force(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    item_emb = rec.artifact.arrays.item_embeddings
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        query = rng.normal(size=rec.dim).astype(np.float32)
+        k = int(rng.integers(1, 50))
+        exclude = rng.choice(rec.n_items, size=int(rng.integers(0, 30)), replace=False)
+        labels, scores = rec.top_k(query, k, exclude)
+        expected = _brute_force(item_emb, query, k, exclude)
+        assert labels.tolist() == expected.tolist(), f"trial {trial}"
+        np.testing.assert_allclose(scores, item_emb[expected] @ query, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_fallback_beyond_overfetch_cap_equals_brute_force(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path, overfetch_cap=10)  # k + |exclude| > 10 -> numpy scoring
+    query = np.random.default_rng(2).normal(size=rec.dim).astype(np.float32)
+    exclude = np.arange(0, 60, 3)
+    labels, _ = rec.top_k(query, 15, exclude)
+    assert labels.tolist() == _brute_force(rec.artifact.arrays.item_embeddings, query, 15, exclude).tolist()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_the_true_neighbours(tmp_path: Path, kind: str) -> None:
+    path = svc_artifacts.write(tmp_path, n_items=2000, dim=16, seed=3)
+    rec = _recommender(path, kind=kind)
+    assert not rec.index.exact and rec.index.kind == kind
+    rng = np.random.default_rng(4)
+    hits = 0
+    for _ in range(20):
+        query = rng.normal(size=rec.dim).astype(np.float32)
+        labels, _ = rec.top_k(query, 10, np.array([], dtype=np.int64))
+        assert len(labels) == 10 and len(set(labels.tolist())) == 10
+        truth = _brute_force(rec.artifact.arrays.item_embeddings, query, 10, np.array([], dtype=np.int64))
+        hits += len(set(labels.tolist()) & set(truth.tolist()))
+    assert hits / 200 >= 0.8  # IVF probes 16 of ~44 lists; HNSW is near exact at this size
+
+
+def test_gpu_requested_without_gpu_falls_back_to_cpu(artifact_path: Path) -> None:
+    artifact = contract.load_artifact(artifact_path)
+    index = build_index(artifact.arrays.item_embeddings, IndexConfig(kind="flat", use_gpu=True))
+    import faiss
+
+    assert index.on_gpu == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+    assert index.ntotal == artifact.manifest.n_items
+
+
+def test_paths(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    train = rec.artifact.user_items(3)
+    outside = np.setdiff1d(np.arange(rec.n_items), train)[:2]
+    assert rec.plan("u3", np.array([], dtype=np.int64)).path == "known"
+    assert rec.plan("u3", train[:2].astype(np.int64)).path == "known"  # nothing beyond training
+    assert rec.plan("u3", outside).path == "fresh"
+    assert rec.plan("stranger", outside).path == "fold_in"
+    assert rec.plan("stranger", np.array([], dtype=np.int64)).path == "popularity"
+    assert rec.user_vector(rec.plan("stranger", np.array([], dtype=np.int64))) is None
+    np.testing.assert_array_equal(
+        rec.user_vector(rec.plan("u3", np.array([], dtype=np.int64))), rec.artifact.arrays.user_embeddings[3]
+    )
+
+
+def test_fresh_vector_equals_independent_eq2_eq12(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    a, omega = rec.artifact.arrays, rec.artifact.manifest.omega
+    train = rec.artifact.user_items(5)
+    fresh = np.setdiff1d(np.arange(rec.n_items), train)[[0, 7, 11]]
+    vector = rec.user_vector(rec.plan("u5", fresh))
+    items = np.union1d(train, fresh)
+    side = sum(
+        _normalize(feats[items].astype(np.float64).sum(0) / np.sqrt(len(items)))
+        for feats in a.modality_features.values()
+    )
+    expected = a.user_id_side[5] + omega * side
+    assert vector is not None
+    np.testing.assert_allclose(vector, expected, rtol=1e-5, atol=1e-5)
+    # with training items only, the same recipe reproduces the exported h_u
+    assert not np.allclose(vector, a.user_embeddings[5], atol=1e-3)
+
+
+def test_fold_in_vector_equals_independent_recomputation(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    a, m = rec.artifact.arrays, rec.artifact.manifest
+    items = np.array([4, 9, 30, 31])
+    vector = rec.user_vector(rec.plan("nobody", items))
+    n = len(items)
+    id_side = sum(
+        a.item_layer_embeddings[layer, items].astype(np.float64).sum(0) for layer in range(m.n_layers)
+    )
+    id_side = id_side / np.sqrt(n) / (m.n_layers + 1)
+    side = sum(
+        _normalize(f[items].astype(np.float64).sum(0) / np.sqrt(n)) for f in a.modality_features.values()
+    )
+    assert vector is not None
+    np.testing.assert_allclose(vector, id_side + m.omega * side, rtol=1e-5, atol=1e-5)
+
+
+def test_popularity_ranking_skips_excluded(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    pop = rec.artifact.arrays.item_popularity
+    exclude = np.argsort(-pop, kind="stable")[:3]
+    labels, scores = rec.top_k(None, 10, exclude)
+    expected = [i for i in np.argsort(-pop, kind="stable").tolist() if i not in set(exclude.tolist())][:10]
+    assert labels.tolist() == expected
+    assert scores.tolist() == pop[expected].astype(np.float32).tolist()
+
+
+def test_k_larger_than_what_is_left(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    exclude = np.arange(rec.n_items - 5)
+    labels, _ = rec.top_k(np.ones(rec.dim, dtype=np.float32), 20, exclude)
+    assert sorted(labels.tolist()) == list(range(rec.n_items - 5, rec.n_items))
+    labels, _ = rec.top_k(None, 20, np.arange(rec.n_items))
+    assert labels.size == 0
+
+
+def test_unknown_item_lookup(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    found, unknown = rec.lookup_items(["i3", "nope", "i5", "i3x"])
+    assert found.tolist() == [3, 5]
+    assert unknown == ["nope", "i3x"]
+    assert rec.item_ids(np.array([5, 3])) == ["i5", "i3"]
