@@ -1,0 +1,143 @@
+"""Sparse graph operators of MMSSL, built from index tensors (no file I/O, no device calls).
+
+The caller builds the graphs once on the device of its choice and passes them to ``forward``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class InteractionGraph(NamedTuple):
+    """The observed user-item graph in the forms MMSSL needs.
+
+    ``user_mean`` / ``item_mean`` are the Eq. 2 operators (A[u,i] = 1/sqrt(|N_u|), and
+    1/sqrt(|N_i|) for the item side); ``user_gnn`` / ``item_gnn`` the Eq. 10 message-passing
+    operators under the configured normalisation. ``indptr``/``indices`` are the CSR of the binary
+    matrix A, used to materialise observed rows for a batch of users (Eq. 5).
+    """
+
+    user_mean: Tensor  # sparse (n_users, n_items)
+    item_mean: Tensor  # sparse (n_items, n_users)
+    user_gnn: Tensor  # sparse (n_users, n_items)
+    item_gnn: Tensor  # sparse (n_items, n_users)
+    indptr: Tensor  # (n_users + 1,) int64
+    indices: Tensor  # (nnz,) int64
+    item_degree: Tensor  # (n_items,) float
+
+
+class ModalityViews(NamedTuple):
+    """Modality-aware contrastive views (Eq. 8): per modality, top-k items of A_hat^m per user."""
+
+    user_to_item: list[Tensor]  # per modality, sparse (n_users, n_items), values 1/sqrt(k)
+    item_to_user: list[Tensor]  # per modality, sparse (n_items, n_users), values 1/sqrt(|N_i^m|)
+    topk_items: list[Tensor]  # per modality, (n_users, k) int64; -1 rows for users without items
+
+
+def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, shape, check_invariants=False
+    ).coalesce()
+
+
+def build_interaction_graph(
+    users: Tensor, items: Tensor, n_users: int, n_items: int, graph_norm: str = "symmetric"
+) -> InteractionGraph:
+    """users, items: (nnz,) int64 pairs of the training interactions, unique."""
+    device = users.device
+    deg_u = torch.bincount(users, minlength=n_users).to(torch.float32)
+    deg_i = torch.bincount(items, minlength=n_items).to(torch.float32)
+    inv_sqrt_u = deg_u.clamp_min(1).rsqrt()
+    inv_sqrt_i = deg_i.clamp_min(1).rsqrt()
+    w_user = inv_sqrt_u[users]  # 1/sqrt(|N_u|)
+    w_item = inv_sqrt_i[items]  # 1/sqrt(|N_i|)
+    user_mean = _sparse(users, items, w_user, (n_users, n_items))
+    item_mean = _sparse(items, users, w_item, (n_items, n_users))
+    if graph_norm == "paper":
+        user_gnn, item_gnn = user_mean, item_mean
+    elif graph_norm == "symmetric":
+        w = w_user * w_item
+        user_gnn = _sparse(users, items, w, (n_users, n_items))
+        item_gnn = _sparse(items, users, w, (n_items, n_users))
+    else:
+        raise ValueError(f"graph_norm must be 'paper' or 'symmetric', got {graph_norm!r}")
+    order = torch.argsort(users * n_items + items)
+    indptr = torch.zeros(n_users + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
+    return InteractionGraph(user_mean, item_mean, user_gnn, item_gnn, indptr, items[order], deg_i)
+
+
+def csr_rows_dense(indptr: Tensor, indices: Tensor, users: Tensor, n_cols: int) -> Tensor:
+    """Dense binary rows of a CSR matrix.  users: (B,) -> (B, n_cols) float32"""
+    starts = indptr[users]
+    lengths = indptr[users + 1] - starts
+    total = int(lengths.sum())
+    rows = torch.zeros(users.shape[0], n_cols, device=users.device)
+    if total == 0:
+        return rows
+    row_ids = torch.repeat_interleave(torch.arange(users.shape[0], device=users.device), lengths)
+    offsets = torch.cumsum(lengths, 0) - lengths  # start of each row in the flat output
+    within = torch.arange(total, device=users.device) - torch.repeat_interleave(offsets, lengths)
+    cols = indices[torch.repeat_interleave(starts, lengths) + within]
+    rows[row_ids, cols] = 1.0
+    return rows
+
+
+def observed_rows(graph: InteractionGraph, users: Tensor, n_items: int) -> Tensor:
+    """Dense binary rows A[users, :] of the interaction matrix.  users: (B,) -> (B, n_items)"""
+    return csr_rows_dense(graph.indptr, graph.indices, users, n_items)
+
+
+def cosine_blocks(user_feats: Tensor, item_feats: Tensor, users: Tensor) -> Tensor:
+    """Eq. 3 for a block of users: A_hat^m[u, i] = cos(f_u^m, f_i^m).  -> (len(users), n_items)"""
+    return F.normalize(user_feats[users], dim=1) @ F.normalize(item_feats, dim=1).T
+
+
+@torch.no_grad()
+def modality_topk(
+    user_feats: list[Tensor], item_feats: list[Tensor], k: int, active_users: Tensor, chunk: int = 2048
+) -> list[Tensor]:
+    """Eq. 8 neighbourhoods: for every user with training items, its top-k items under A_hat^m.
+
+    A_hat^m (Eq. 3) is computed in [chunk users x all items] blocks, never as a full |U| x |I|
+    matrix. Returns per modality (n_users, k) int64 item indices, rows of -1 for inactive users.
+    """
+    n_users = user_feats[0].shape[0]
+    tops = []
+    for f_u, f_i in zip(user_feats, item_feats, strict=True):
+        top = torch.full((n_users, k), -1, dtype=torch.int64, device=f_u.device)
+        for start in range(0, active_users.shape[0], chunk):
+            block = active_users[start : start + chunk]
+            top[block] = cosine_blocks(f_u, f_i, block).topk(k, dim=1).indices
+        tops.append(top)
+    return tops
+
+
+def views_from_topk(topk_items: list[Tensor], n_items: int) -> ModalityViews:
+    """Eq. 8 operators from top-k lists: e_u^m = sum_{N_u^m} e_i / sqrt|N_u^m|, and the item side.
+
+    Each (user, item) edge is paired with the user whose row produced it.
+    """
+    ui, iu = [], []
+    for top in topk_items:
+        n_users, k = top.shape
+        active = (top[:, 0] >= 0).nonzero().squeeze(1)
+        users = torch.repeat_interleave(active, k)  # row-major, like top[active].reshape(-1)
+        items = top[active].reshape(-1)
+        in_degree = torch.bincount(items, minlength=n_items).to(torch.float32).clamp_min(1)
+        weights = torch.full(items.shape, k**-0.5, dtype=torch.float32, device=top.device)
+        ui.append(_sparse(users, items, weights, (n_users, n_items)))
+        iu.append(_sparse(items, users, in_degree[items].rsqrt(), (n_items, n_users)))
+    return ModalityViews(ui, iu, list(topk_items))
+
+
+def build_modality_views(
+    user_feats: list[Tensor], item_feats: list[Tensor], k: int, active_users: Tensor, chunk: int = 2048
+) -> ModalityViews:
+    """Eq. 8 views refreshed from the current modality features."""
+    tops = modality_topk(user_feats, item_feats, k, active_users, chunk)
+    return views_from_topk(tops, item_feats[0].shape[0])

@@ -1,0 +1,72 @@
+"""Loss functions of MMSSL (Eq. 5, 7, 11, 13, 14): small pure functions on tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """Eq. 14, averaged over the batch: mean(-log sigmoid(y_pos - y_neg)).
+
+    pos_scores, neg_scores: (B,) -> scalar
+    """
+    return F.softplus(neg_scores - pos_scores).mean()
+
+
+def l2_penalty(*tensors: Tensor) -> Tensor:
+    """Sum of squared entries divided by the batch size of the first tensor (λ4 term of Eq. 13)."""
+    batch = tensors[0].shape[0]
+    return sum((t.pow(2).sum() for t in tensors), torch.zeros((), device=tensors[0].device)) / batch
+
+
+def cross_modal_info_nce(h_users: Tensor, view_users: Tensor, temperature: float) -> Tensor:
+    """Eq. 11 for one modality, averaged over the batch's users.
+
+    loss_u = -log( exp s(h_u, e_u) / sum_{u'} [exp s(h_u', e_u) + exp s(e_u', e_u)] )
+    with s(a, b) = cos(a, b) / temperature; u' runs over the batch (in-batch negatives, self included
+    in both sums, exactly as the equation is written).
+
+    h_users: (B, d) fused user embeddings h_u; view_users: (B, d) modality view e_u^m. -> scalar
+    """
+    h = F.normalize(h_users, dim=1)
+    e = F.normalize(view_users, dim=1)
+    cross = h @ e.T / temperature  # (B_u', B_u): s(h_u', e_u)
+    intra = e @ e.T / temperature  # (B_u', B_u): s(e_u', e_u)
+    positive = cross.diagonal()
+    denominator = torch.logsumexp(torch.cat([cross, intra], dim=0), dim=0)  # over u' for each u
+    return (denominator - positive).mean()
+
+
+def gumbel_transform(observed: Tensor, tau: float, generator: torch.Generator | None = None) -> Tensor:
+    """The transformation term of Eq. 5: softmax over items of (A[u, i] + g) / tau, g ~ Gumbel(0, 1).
+
+    observed: (B, n_items) binary interaction rows -> (B, n_items), rows sum to 1
+    """
+    uniform = torch.rand(observed.shape, generator=generator, device=observed.device, dtype=observed.dtype)
+    uniform = uniform.clamp(1e-10, 1.0 - 1e-7)  # keep both logs finite
+    gumbel = -torch.log(-torch.log(uniform))
+    return torch.softmax((observed + gumbel) / tau, dim=1)
+
+
+def generator_loss(fake_scores: Tensor) -> Tensor:
+    """L_G of Eq. 7: -E[D(A_hat^m)].  fake_scores: (B,) discriminator outputs -> scalar"""
+    return -fake_scores.mean()
+
+
+def discriminator_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """L_D of Eq. 7 without the penalty: -E[D(A_tilde)] + E[D(A_hat^m)]. -> scalar"""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def gradient_penalty(discriminator: torch.nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP term of Eq. 7: E[(||grad_a D(a)||_2 - 1)^2] at a = alpha*real + (1-alpha)*fake.
+
+    real, fake: (B, n_items), detached from the model. -> scalar (graph kept for D's update)
+    """
+    alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    interpolated = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    scores = discriminator(interpolated)
+    (grads,) = torch.autograd.grad(scores.sum(), interpolated, create_graph=True)
+    return (grads.norm(2, dim=1) - 1).pow(2).mean()

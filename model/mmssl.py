@@ -1,0 +1,182 @@
+"""The MMSSL model (Wei et al., WWW 2023), section 3 of the paper.
+
+Pure PyTorch: sizes and a config in, tensors out. Graphs and raw item features are passed to
+``forward``; the caller moves the module with ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import MMSSLConfig
+from model.graph import InteractionGraph, ModalityViews
+
+
+class ModalityFeatures(NamedTuple):
+    projected_items: list[Tensor]  # fbar_i^m, per modality (n_items, d)
+    users: list[Tensor]  # f_u^m (Eq. 2), per modality (n_users, d)
+    items: list[Tensor]  # f_i^m (Eq. 2), per modality (n_items, d)
+
+
+class MMSSLOutput(NamedTuple):
+    user: Tensor  # h_u (Eq. 12), (n_users, d)
+    item: Tensor  # h_i (Eq. 12), (n_items, d)
+    user_id_side: Tensor  # e_hat_u, GNN output (Eq. 10), (n_users, d)
+    item_id_side: Tensor  # e_hat_i, (n_items, d)
+    item_layers: Tensor  # E_hat_i^l for l = 0..L-1, (L, n_items, d): the fold-in operands
+    user_layer0: Tensor  # E_hat_u^0, (n_users, d)
+    features: ModalityFeatures  # empty lists for the ID-only model
+    view_users: list[Tensor]  # e_u^m (Eq. 8), per modality (n_users, d)
+    view_items: list[Tensor]  # e_i^m (Eq. 8), per modality (n_items, d)
+
+
+class ModalityAttention(nn.Module):
+    """Eq. 9: multi-head self-attention across the modalities of one node.
+
+    For head h: weights over m' = softmax_m'((e^m W_h^Q) . (e^m' W_h^K) / sqrt(d/H)); the head's
+    output is the weighted sum of the h-th slice of e^m' (no value projection, as in Eq. 9); heads
+    are concatenated back to d.
+    """
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        nn.init.xavier_uniform_(self.query.weight)
+        nn.init.xavier_uniform_(self.key.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, M, d) modality-specific embeddings of N nodes -> (N, M, d)."""
+        n, m, d = x.shape
+        q = self.query(x).view(n, m, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, M, d/H)
+        k = self.key(x).view(n, m, self.n_heads, self.head_dim).transpose(1, 2)
+        v = x.view(n, m, self.n_heads, self.head_dim).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)  # (N,H,M,M')
+        return (weights @ v).transpose(1, 2).reshape(n, m, d)
+
+
+def _gamma(n_in: int, n_out: int, slope: float, dropout: float) -> nn.Sequential:
+    """Γ(a) = Drop(BN(LeakyReLU(Linear(a)))) of Eq. 4."""
+    return nn.Sequential(
+        nn.Linear(n_in, n_out), nn.LeakyReLU(slope), nn.BatchNorm1d(n_out), nn.Dropout(dropout)
+    )
+
+
+class Discriminator(nn.Module):
+    """Eq. 4: D(a) = sigmoid(Γ(Γ(a))) over a user's row a in R^{|I|}.
+
+    Two Γ layers of widths ``hidden`` and ``hidden // 2`` followed by a linear read-out to one
+    score (as the authors' code does); the width is a setting, independent of |I|.
+    """
+
+    def __init__(self, n_items: int, hidden: int, slope: float, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            _gamma(n_items, hidden, slope, dropout),
+            _gamma(hidden, hidden // 2, slope, dropout),
+            nn.Linear(hidden // 2, 1),
+        )
+
+    def forward(self, rows: Tensor) -> Tensor:
+        """rows: (B, n_items) -> (B,) in (0, 1)."""
+        return torch.sigmoid(self.net(rows)).squeeze(1)
+
+
+class MMSSL(nn.Module):
+    def __init__(self, config: MMSSLConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.embed_dim
+        self.user_embedding = nn.Embedding(config.n_users, d)  # E_u, Xavier (Eq. 8)
+        self.item_embedding = nn.Embedding(config.n_items, d)  # E_i
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.projections = nn.ModuleDict(
+            {name: nn.Linear(config.modality_dims[name], d) for name in config.modalities}
+        )
+        for layer in self.projections.values():
+            nn.init.xavier_uniform_(layer.weight)
+        self.feat_dropout = nn.Dropout(config.feat_dropout)
+        self.attention = ModalityAttention(d, config.n_heads) if config.modalities else None
+        self.discriminator = (
+            Discriminator(config.n_items, config.disc_hidden, config.leaky_slope, config.disc_dropout)
+            if config.modalities and config.use_adversarial
+            else None
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.config.modalities
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """Everything the model optimiser updates: all parameters except the discriminator's."""
+        skip = {id(p) for p in self.discriminator.parameters()} if self.discriminator else set()
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def modality_features(self, item_raw: list[Tensor], graph: InteractionGraph) -> ModalityFeatures:
+        """Projection (Linear + dropout) and Eq. 2 for every modality."""
+        projected, users, items = [], [], []
+        for name, raw in zip(self.modalities, item_raw, strict=True):
+            fbar = self.feat_dropout(self.projections[name](raw))  # (n_items, d)
+            f_u = torch.sparse.mm(graph.user_mean, fbar)  # sum_{i in N_u} fbar_i / sqrt|N_u|
+            f_i = torch.sparse.mm(graph.item_mean, f_u)  # sum_{u in N_i} f_u / sqrt|N_i|
+            projected.append(fbar)
+            users.append(f_u)
+            items.append(f_i)
+        return ModalityFeatures(projected, users, items)
+
+    def forward(
+        self, graph: InteractionGraph, item_raw: list[Tensor], views: ModalityViews | None
+    ) -> MMSSLOutput:
+        cfg = self.config
+        e_u, e_i = self.user_embedding.weight, self.item_embedding.weight
+        view_users: list[Tensor] = []
+        view_items: list[Tensor] = []
+        if self.modalities:
+            if views is None:
+                raise ValueError("a multi-modal MMSSL forward needs the modality views (Eq. 8)")
+            feats = self.modality_features(item_raw, graph)
+            for ui, iu in zip(views.user_to_item, views.item_to_user, strict=True):
+                view_users.append(torch.sparse.mm(ui, e_i))  # e_u^m = sum_{N_u^m} e_i / sqrt|N_u^m|
+                view_items.append(torch.sparse.mm(iu, e_u))  # e_i^m
+            assert self.attention is not None
+            # Eq. 9 then mean pooling over modalities.
+            fused_u = self.attention(torch.stack(view_users, dim=1)).mean(dim=1)
+            fused_i = self.attention(torch.stack(view_items, dim=1)).mean(dim=1)
+            layer_u = e_u + cfg.eta * F.normalize(fused_u, dim=1)  # E_hat_u^0 (Eq. 10)
+            layer_i = e_i + cfg.eta * F.normalize(fused_i, dim=1)
+        else:
+            feats = ModalityFeatures([], [], [])
+            layer_u, layer_i = e_u, e_i
+        layers_u, layers_i = [layer_u], [layer_i]
+        for _ in range(cfg.n_layers):  # Eq. 10: E_u^{l+1} = A E_i^l, E_i^{l+1} = A^T E_u^l
+            layers_u, layers_i = (
+                layers_u + [torch.sparse.mm(graph.user_gnn, layers_i[-1])],
+                layers_i + [torch.sparse.mm(graph.item_gnn, layers_u[-1])],
+            )
+        user_id_side = torch.stack(layers_u).mean(dim=0)  # mean pooling over l = 0..L
+        item_id_side = torch.stack(layers_i).mean(dim=0)
+        user, item = user_id_side, item_id_side
+        if feats.users:  # Eq. 12
+            user = user + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
+            item = item + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.items)
+        item_layers = torch.stack(layers_i[: cfg.n_layers]) if cfg.n_layers else e_i.new_zeros(0, *e_i.shape)
+        return MMSSLOutput(
+            user=user,
+            item=item,
+            user_id_side=user_id_side,
+            item_id_side=item_id_side,
+            item_layers=item_layers,
+            user_layer0=layer_u,
+            features=feats,
+            view_users=view_users,
+            view_items=view_items,
+        )

@@ -1,0 +1,90 @@
+"""Ranking metrics against a hand-computed example and a per-user Python reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.evaluate import rank_metrics
+
+
+def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    return indptr, np.array([i for r in rows for i in sorted(r)], dtype=np.int64)
+
+
+def test_hand_computed_example():
+    # one user, 6 items, item scores decreasing with index: ranking 0,1,2,3,4,5
+    user = torch.tensor([[1.0]])
+    items = torch.tensor([[6.0], [5.0], [4.0], [3.0], [2.0], [1.0]])
+    train = _csr([[0]])  # item 0 is masked -> ranking 1,2,3,4,5
+    target = _csr([[2, 5]])  # relevant at ranks 2 and 5 (1-based)
+    m = rank_metrics(user, items, *train, *target, ks=(1, 2, 5))
+    assert m["recall@1"] == 0.0
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["precision@2"] == pytest.approx(0.5)
+    assert m["recall@5"] == pytest.approx(1.0)
+    assert m["precision@5"] == pytest.approx(2 / 5)
+    dcg2 = 1 / math.log2(3)
+    idcg2 = 1 + 1 / math.log2(3)
+    assert m["ndcg@2"] == pytest.approx(dcg2 / idcg2)
+    dcg5 = 1 / math.log2(3) + 1 / math.log2(6)
+    assert m["ndcg@5"] == pytest.approx(dcg5 / idcg2)  # ideal: 2 hits at the top
+    assert m["n_users"] == 1
+
+
+def _reference(user_emb, item_emb, train_rows, target_rows, k):
+    """Independent per-user Python implementation of the standard metrics."""
+    out = {"recall": [], "precision": [], "ndcg": []}
+    scores = (user_emb @ item_emb.T).numpy()
+    for u, relevant in enumerate(target_rows):
+        if not relevant:
+            continue
+        s = scores[u].copy()
+        s[list(train_rows[u])] = -np.inf
+        ranked = list(np.argsort(-s, kind="stable")[:k])
+        hits = [1 if i in relevant else 0 for i in ranked]
+        dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+        idcg = sum(1 / math.log2(r + 2) for r in range(min(len(relevant), k)))
+        out["recall"].append(sum(hits) / len(relevant))
+        out["precision"].append(sum(hits) / k)
+        out["ndcg"].append(dcg / idcg)
+    return {name: float(np.mean(v)) for name, v in out.items()}
+
+
+def test_batched_metrics_equal_per_user_reference():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 37, 60
+    user_emb = torch.tensor(rng.normal(size=(n_users, 8)), dtype=torch.float32)
+    item_emb = torch.tensor(rng.normal(size=(n_items, 8)), dtype=torch.float32)
+    train_rows = [
+        set(rng.choice(n_items, rng.integers(0, 6), replace=False).tolist()) for _ in range(n_users)
+    ]
+    target_rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if i not in train_rows[u]]
+        target_rows.append(set(rng.choice(pool, rng.integers(0, 4), replace=False).tolist()))
+    m = rank_metrics(
+        user_emb,
+        item_emb,
+        *_csr([list(r) for r in train_rows]),
+        *_csr([list(r) for r in target_rows]),
+        ks=(5, 20),
+        batch_users=8,
+    )
+    for k in (5, 20):
+        ref = _reference(user_emb, item_emb, train_rows, target_rows, k)
+        for name in ("recall", "precision", "ndcg"):
+            assert m[f"{name}@{k}"] == pytest.approx(ref[name], rel=1e-6), (name, k)
+    assert m["n_users"] == sum(1 for r in target_rows if r)
+
+
+def test_training_items_are_never_counted_as_hits():
+    user = torch.tensor([[1.0]])
+    items = torch.tensor([[9.0], [1.0], [0.5]])
+    # the best-scoring item is a training item and also (wrongly) in the target: masked
+    m = rank_metrics(user, items, *_csr([[0]]), *_csr([[0, 2]]), ks=(1,))
+    assert m["recall@1"] == 0.0

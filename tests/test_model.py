@@ -1,0 +1,196 @@
+"""Model pieces against independent references: attention, graphs, top-k views, Eq. 2/10/12."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import MMSSL, MMSSLConfig, build_interaction_graph, build_modality_views
+from model.graph import csr_rows_dense, modality_topk, observed_rows, views_from_topk
+from model.mmssl import Discriminator, ModalityAttention
+
+
+def test_attention_matches_a_per_head_loop_and_depends_on_all_modalities():
+    torch.manual_seed(0)
+    att = ModalityAttention(dim=8, n_heads=2)
+    x = torch.randn(5, 3, 8)  # 5 nodes, 3 modalities
+    out = att(x)
+    # independent reference: explicit loops over nodes, heads, modalities
+    ref = torch.zeros_like(x)
+    q, k = att.query(x), att.key(x)
+    for n in range(5):
+        for h in range(2):
+            sl = slice(4 * h, 4 * h + 4)
+            for m in range(3):
+                logits = torch.stack([q[n, m, sl] @ k[n, mp, sl] / math.sqrt(4) for mp in range(3)])
+                w = torch.softmax(logits, 0)
+                ref[n, m, sl] = sum(w[mp] * x[n, mp, sl] for mp in range(3))
+    assert torch.allclose(out, ref, atol=1e-5)
+    # changing modality 2 of node 0 changes the refined embedding of modality 0 (cross-modal)
+    x2 = x.clone()
+    x2[0, 2] += 1.0
+    assert not torch.allclose(att(x2)[0, 0], out[0, 0])
+    # and not through a mean: the output is not a fixed linear map of the modality mean
+    assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+def test_discriminator_width_does_not_grow_with_items_and_uses_leaky_slope():
+    d_small = Discriminator(n_items=100, hidden=32, slope=0.2, dropout=0.0)
+    d_big = Discriminator(n_items=10_000, hidden=32, slope=0.2, dropout=0.0)
+    assert d_small.net[0][0].out_features == d_big.net[0][0].out_features == 32
+    act = d_small.net[0][1]
+    assert isinstance(act, torch.nn.LeakyReLU) and act.negative_slope == 0.2
+    d_small.eval()
+    out = d_small(torch.randn(7, 100))
+    assert out.shape == (7,) and bool(((out > 0) & (out < 1)).all())
+
+
+def _toy_graph():
+    # 3 users x 4 items; user 2 has no items
+    users = torch.tensor([0, 0, 1, 1, 1])
+    items = torch.tensor([0, 1, 1, 2, 3])
+    return users, items
+
+
+def test_interaction_graph_normalisations():
+    users, items = _toy_graph()
+    g = build_interaction_graph(users, items, 3, 4, "symmetric")
+    dense = g.user_mean.to_dense()
+    assert dense[0, 0] == pytest.approx(1 / math.sqrt(2))  # 1/sqrt(|N_u|)
+    assert dense[1, 3] == pytest.approx(1 / math.sqrt(3))
+    assert g.item_mean.to_dense()[1, 0] == pytest.approx(1 / math.sqrt(2))  # item 1 has 2 users
+    sym = g.user_gnn.to_dense()
+    assert sym[0, 1] == pytest.approx(1 / math.sqrt(2 * 2))
+    assert sym[1, 2] == pytest.approx(1 / math.sqrt(3 * 1))
+    paper = build_interaction_graph(users, items, 3, 4, "paper")
+    assert torch.allclose(paper.user_gnn.to_dense(), dense)
+    rows = observed_rows(g, torch.tensor([1, 2, 0]), 4)
+    assert rows.tolist() == [[0, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]
+
+
+def test_csr_rows_dense_matches_numpy():
+    indptr = torch.tensor([0, 2, 2, 5])
+    indices = torch.tensor([1, 3, 0, 2, 4])
+    out = csr_rows_dense(indptr, indices, torch.tensor([2, 0]), 5)
+    assert out.tolist() == [[1, 0, 1, 0, 1], [0, 1, 0, 1, 0]]
+
+
+def test_topk_views_pair_each_user_with_its_own_items():
+    torch.manual_seed(0)
+    n_users, n_items, k = 6, 9, 3
+    f_u = [torch.randn(n_users, 4)]
+    f_i = [torch.randn(n_items, 4)]
+    active = torch.tensor([0, 1, 2, 4, 5])  # user 3 inactive
+    tops = modality_topk(f_u, f_i, k, active, chunk=2)  # chunking across users
+    cos = F.normalize(f_u[0], dim=1) @ F.normalize(f_i[0], dim=1).T
+    for u in active.tolist():
+        expected = set(cos[u].topk(k).indices.tolist())
+        assert set(tops[0][u].tolist()) == expected
+    assert tops[0][3].tolist() == [-1, -1, -1]
+    views = views_from_topk(tops, n_items)
+    ui = views.user_to_item[0].to_dense()
+    for u in active.tolist():
+        assert set(ui[u].nonzero().squeeze(1).tolist()) == set(tops[0][u].tolist())
+        assert torch.allclose(ui[u][ui[u] > 0], torch.full((k,), k**-0.5))
+    assert ui[3].abs().sum() == 0
+    iu = views.item_to_user[0].to_dense()
+    # item side: users that picked the item, weighted 1/sqrt(in-degree)
+    for i in range(n_items):
+        pickers = (ui[:, i] > 0).nonzero().squeeze(1)
+        if len(pickers):
+            assert torch.allclose(iu[i, pickers], torch.full((len(pickers),), len(pickers) ** -0.5))
+    # e_u^m = sum over own top-k of e_i / sqrt(k)
+    e_i = torch.randn(n_items, 5)
+    e_u_view = torch.sparse.mm(views.user_to_item[0], e_i)
+    for u in active.tolist():
+        assert torch.allclose(e_u_view[u], e_i[tops[0][u]].sum(0) / math.sqrt(k), atol=1e-6)
+
+
+def _tiny_model(**overrides):
+    torch.manual_seed(0)
+    users = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    items = torch.tensor([0, 1, 1, 2, 3, 4, 0, 4])
+    cfg = MMSSLConfig(
+        n_users=5,
+        n_items=6,
+        modality_dims={"image": 7, "audio": 3},
+        embed_dim=8,
+        n_heads=2,
+        view_topk=2,
+        feat_dropout=0.0,
+        **overrides,
+    )
+    graph = build_interaction_graph(users, items, 5, 6, cfg.graph_norm)
+    raw = [torch.randn(6, 7), torch.randn(6, 3)]
+    return MMSSL(cfg).eval(), graph, raw, users, items
+
+
+@pytest.mark.parametrize("graph_norm", ["symmetric", "paper"])
+def test_forward_implements_eq_2_10_12(graph_norm):
+    model, graph, raw, users, items = _tiny_model(graph_norm=graph_norm)
+    feats = model.modality_features(raw, graph)
+    active = torch.tensor([0, 1, 2, 3])
+    views = build_modality_views(feats.users, feats.items, 2, active)
+    out = model(graph, raw, views)
+    cfg = model.config
+    # Eq. 2 by hand
+    for m, name in enumerate(cfg.modalities):
+        fbar = model.projections[name](raw[m])
+        for u in range(5):
+            mine = items[users == u]
+            expect = fbar[mine].sum(0) / math.sqrt(len(mine)) if len(mine) else torch.zeros(8)
+            assert torch.allclose(feats.users[m][u], expect, atol=1e-5)
+        for i in range(6):
+            theirs = users[items == i]
+            expect = feats.users[m][theirs].sum(0) / math.sqrt(len(theirs)) if len(theirs) else torch.zeros(8)
+            assert torch.allclose(feats.items[m][i], expect, atol=1e-5)
+    # Eq. 10: mean pooling over L+1 layers, user layer l+1 = A E_i^l
+    a = graph.user_gnn.to_dense()
+    at = graph.item_gnn.to_dense()
+    lu, li = [out.user_layer0], [None]
+    li[0] = out.item_layers[0]
+    for _ in range(cfg.n_layers):
+        lu, li = lu + [a @ li[-1]], li + [at @ lu[-1]]
+    assert torch.allclose(out.user_id_side, torch.stack(lu).mean(0), atol=1e-5)
+    assert torch.allclose(out.item_layers, torch.stack(li[: cfg.n_layers]), atol=1e-6)
+    # Eq. 12
+    h_u = out.user_id_side + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
+    assert torch.allclose(out.user, h_u, atol=1e-5)
+    # a user without interactions has no modality part
+    assert torch.allclose(out.user[4], out.user_id_side[4])
+
+
+def test_id_only_model_is_lightgcn():
+    torch.manual_seed(0)
+    users, items = _toy_graph()
+    cfg = MMSSLConfig(n_users=3, n_items=4, embed_dim=4, n_heads=1, id_only=True, n_layers=2)
+    model = MMSSL(cfg)
+    assert model.discriminator is None and model.attention is None and len(model.projections) == 0
+    g = build_interaction_graph(users, items, 3, 4, "symmetric")
+    out = model(g, [], None)
+    e_u, e_i = model.user_embedding.weight, model.item_embedding.weight
+    a = g.user_gnn.to_dense()
+    u1, i1 = a @ e_i, a.T @ e_u
+    u2 = a @ i1
+    assert torch.allclose(out.user, (e_u + u1 + u2) / 3, atol=1e-6)
+
+
+def test_ablation_switches_build_the_right_parts():
+    model, *_ = _tiny_model(use_adversarial=False)
+    assert model.discriminator is None
+    model, *_ = _tiny_model()
+    assert model.discriminator is not None
+    d_params = {id(p) for p in model.discriminator.parameters()}
+    assert not d_params & {id(p) for p in model.model_parameters()}
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="n_heads"):
+        MMSSLConfig(n_users=2, n_items=2, modality_dims={"a": 2}, embed_dim=10, n_heads=3).validate()
+    with pytest.raises(ValueError, match="graph_norm"):
+        MMSSLConfig(n_users=2, n_items=2, modality_dims={"a": 2}, graph_norm="rw", view_topk=1).validate()
+    with pytest.raises(ValueError, match="id_only"):
+        MMSSLConfig(n_users=2, n_items=2, view_topk=1).validate()

@@ -1,0 +1,71 @@
+"""All-ranking evaluation: every item scored, the user's training items masked, batched on tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.graph import csr_rows_dense
+
+DEFAULT_KS = (10, 20, 50)
+
+
+def _csr(indptr: np.ndarray, indices: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+    return (
+        torch.as_tensor(indptr, dtype=torch.int64, device=device),
+        torch.as_tensor(indices, dtype=torch.int64, device=device),
+    )
+
+
+@torch.no_grad()
+def rank_metrics(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    train_indptr: np.ndarray,
+    train_indices: np.ndarray,
+    target_indptr: np.ndarray,
+    target_indices: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_users: int = 2048,
+) -> dict[str, float]:
+    """Recall, Precision and standard NDCG at each K, averaged over users with target items.
+
+    Scores are h_u . h_i over all items; the user's training items get -inf before the top-K.
+    NDCG@K = DCG@K / IDCG@K with IDCG@K = sum_{j < min(|rel|, K)} 1/log2(j + 2).
+    user_emb: (n_users, d), item_emb: (n_items, d); CSR arrays over users.
+    """
+    device = user_emb.device
+    n_items = item_emb.shape[0]
+    max_k = min(max(ks), n_items)
+    tr_ptr, tr_idx = _csr(train_indptr, train_indices, device)
+    te_ptr, te_idx = _csr(target_indptr, target_indices, device)
+    n_rel_all = te_ptr[1:] - te_ptr[:-1]
+    users = torch.nonzero(n_rel_all > 0).squeeze(1)
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=device, dtype=torch.float64))
+    ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
+    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "precision", "ndcg")}
+    for start in range(0, users.shape[0], batch_users):
+        block = users[start : start + batch_users]
+        scores = user_emb[block] @ item_emb.T  # (B, n_items)
+        seen = csr_rows_dense(tr_ptr, tr_idx, block, n_items).bool()
+        scores = scores.masked_fill(seen, float("-inf"))
+        top = scores.topk(max_k, dim=1).indices  # (B, max_k)
+        relevant = csr_rows_dense(te_ptr, te_idx, block, n_items)
+        hits = relevant.gather(1, top).to(torch.float64)  # (B, max_k)
+        n_rel = n_rel_all[block].to(torch.float64)
+        for k in ks:
+            kk = min(k, max_k)
+            hit_k = hits[:, :kk]
+            n_hit = hit_k.sum(1)
+            dcg = (hit_k * discount[:kk]).sum(1)
+            idcg = ideal[(n_rel.clamp(max=kk) - 1).long()]
+            sums[f"recall@{k}"] += float((n_hit / n_rel).sum())
+            sums[f"precision@{k}"] += float((n_hit / k).sum())
+            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
+    n = max(int(users.shape[0]), 1)
+    out = {key: value / n for key, value in sums.items()}
+    out["n_users"] = float(users.shape[0])
+    return out

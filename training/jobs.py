@@ -1,0 +1,131 @@
+"""Retrain jobs: train on the dataset plus fresh interactions, export, and promote if not worse.
+
+The service refers to :func:`retrain_job` by its dotted name (RQ) or runs ``python -m training job
+--spec SPEC.json`` (no Redis), so it never imports torch itself.
+
+spec = {"job_id", "data_dir", "artifact_root", "config": path | None, "overrides": {key: value},
+        "extra_interactions": {external_user_id: [external_item_id, ...]},
+        "tolerance": float, "force": bool, "status_file": path | None, "run_root": path | None}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _write_status(path: str | None, status: dict[str, Any]) -> None:
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=target.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(status, fh)
+    os.replace(tmp, target)
+
+
+class _Reporter:
+    """Progress to the RQ job's meta when running under RQ, and to the status file if given."""
+
+    def __init__(self, status_file: str | None) -> None:
+        self.status_file = status_file
+        try:
+            from rq import get_current_job
+
+            self.rq_job = get_current_job()
+        except Exception:  # noqa: BLE001 - rq missing or not inside a worker
+            self.rq_job = None
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        if self.rq_job is not None:
+            self.rq_job.meta["progress"] = progress
+            self.rq_job.save_meta()
+        _write_status(self.status_file, {"state": "running", "progress": progress})
+
+
+def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one retrain; raise on failure (RQ marks the job failed with the message)."""
+    from artifact.contract import promotion_decision, read_current, set_current
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.export import export_checkpoint
+    from training.trainer import BEST, train
+
+    t0 = time.perf_counter()
+    job_id = str(spec.get("job_id") or "job")
+    report = _Reporter(spec.get("status_file"))
+    report({"stage": "loading", "epoch": 0})
+    overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    cfg = load_config(spec.get("config"), overrides)
+    dataset = load_dataset(spec["data_dir"], extra_train=spec.get("extra_interactions") or None)
+    n_extra = sum(len(v) for v in (spec.get("extra_interactions") or {}).values())
+    root = Path(spec["artifact_root"])
+    parent = read_current(root)
+    run_root = Path(spec.get("run_root") or root / ".runs")
+    run_dir = run_root / job_id
+    try:
+        result = train(dataset, cfg, run_dir, progress_bar=False, on_epoch=report)
+        report({"stage": "exporting", "epoch": result.epochs_run})
+        path = export_checkpoint(
+            run_dir / BEST,
+            dataset,
+            root,
+            parent_version=parent,
+            notes={
+                "job_id": job_id,
+                "extra_interactions": n_extra,
+            },
+        )
+    finally:
+        if not spec.get("keep_run"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+    promoted, reason = promotion_decision(
+        root, path.name, float(spec.get("tolerance", 0.0)), bool(spec.get("force"))
+    )
+    if promoted:
+        set_current(root, path.name)
+    log.info("job %s: %s %s (%s)", job_id, path.name, "promoted" if promoted else "rejected", reason)
+    return {
+        "job_id": job_id,
+        "model_version": path.name,
+        "artifact_path": str(path),
+        "parent_version": parent,
+        "promoted": promoted,
+        "reason": reason,
+        "metrics": {"val": result.best_metrics},
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def run_job_cli(spec_path: str) -> int:
+    """``python -m training job --spec FILE``: status file tells running/finished/failed."""
+    spec = json.loads(Path(spec_path).read_text())
+    status_file = spec.get("status_file")
+    try:
+        result = retrain_job(spec)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller through the status file
+        log.error("job failed: %s", exc)
+        _write_status(
+            status_file,
+            {
+                "state": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-4000:],
+            },
+        )
+        return 1
+    _write_status(status_file, {"state": "finished", "result": result, "progress": {"stage": "done"}})
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,523 @@
+"""The MMSSL training loop: alternating discriminator and model steps, validation, checkpoints.
+
+Checkpoints live in a run directory: ``last.pt`` (everything needed to resume, rewritten atomically
+after every epoch) and ``best.pt`` (the model at the best validation Recall@20 so far, with the
+Eq. 8 views it was evaluated with, so evaluation and export reproduce it exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
+from model.graph import InteractionGraph, cosine_blocks, modality_topk, observed_rows
+from model.losses import (
+    bpr_loss,
+    cross_modal_info_nce,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    gumbel_transform,
+    l2_penalty,
+)
+from training.config import Config, ConfigError
+from training.data import Dataset
+from training.evaluate import rank_metrics
+
+log = logging.getLogger(__name__)
+
+BEST = "best.pt"
+LAST = "last.pt"
+HISTORY = "history.json"
+CURVES = "curves.png"
+SELECT_METRIC = "recall@20"
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    seconds_per_epoch: float
+    peak_rss_mb: float
+    stopped_early: bool
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_config_for(dataset: Dataset, model_settings: dict[str, Any]) -> MMSSLConfig:
+    cfg = MMSSLConfig(
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        modality_dims={name: int(f.shape[1]) for name, f in dataset.features.items()},
+        **model_settings,
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+class TrainingState:
+    """Tensors derived from the dataset, on the training device."""
+
+    def __init__(self, dataset: Dataset, config: MMSSLConfig, device: torch.device) -> None:
+        users, items = dataset.train.to_pairs()
+        self.users = torch.as_tensor(users, dtype=torch.int64, device=device)
+        self.items = torch.as_tensor(items, dtype=torch.int64, device=device)
+        self.graph: InteractionGraph = build_interaction_graph(
+            self.users, self.items, dataset.n_users, dataset.n_items, config.graph_norm
+        )
+        self.item_raw = [
+            torch.as_tensor(dataset.features[name], dtype=torch.float32, device=device)
+            for name in config.modalities
+        ]
+        self.active_users = torch.as_tensor(dataset.train.users_with_items(), device=device)
+        # Sorted keys u * n_items + i of the observed pairs, for rejection of sampled negatives.
+        self.pair_keys = torch.sort(self.users * dataset.n_items + self.items).values
+        self.n_items = dataset.n_items
+
+    def sample_negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
+        """Uniform items the user has not interacted with in training (resampled on collision)."""
+        negatives = torch.randint(0, self.n_items, users.shape, generator=generator, device=users.device)
+        for _ in range(20):
+            keys = users * self.n_items + negatives
+            pos = torch.searchsorted(self.pair_keys, keys).clamp(max=self.pair_keys.numel() - 1)
+            clash = self.pair_keys[pos] == keys
+            if not bool(clash.any()):
+                break
+            fresh = torch.randint(0, self.n_items, users.shape, generator=generator, device=users.device)
+            negatives = torch.where(clash, fresh, negatives)
+        return negatives
+
+
+@torch.no_grad()
+def refresh_views(model: MMSSL, state: TrainingState) -> ModalityViews | None:
+    """Rebuild the Eq. 8 top-k views from the current (dropout-free) modality features."""
+    if not model.modalities:
+        return None
+    was_training = model.training
+    model.eval()
+    feats = model.modality_features(state.item_raw, state.graph)
+    model.train(was_training)
+    tops = modality_topk(feats.users, feats.items, model.config.view_topk, state.active_users)
+    return views_from_topk(tops, state.n_items)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: MMSSL,
+    state: TrainingState,
+    views: ModalityViews | None,
+    dataset: Dataset,
+    target: Any,
+    batch_users: int,
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    out = model(state.graph, state.item_raw, views)
+    model.train(was_training)
+    return rank_metrics(
+        out.user,
+        out.item,
+        dataset.train.indptr,
+        dataset.train.indices,
+        target.indptr,
+        target.indices,
+        batch_users=batch_users,
+    )
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "sampler": generator.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampler"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> tuple[MMSSL, ModalityViews | None]:
+    config = MMSSLConfig.from_dict(ckpt["model_config"])
+    model = MMSSL(config).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    views = None
+    if ckpt.get("views_topk"):
+        views = views_from_topk([t.to(device) for t in ckpt["views_topk"]], config.n_items)
+    return model, views
+
+
+def evaluate_checkpoint(
+    checkpoint_path: Path, dataset: Dataset, target: Any, batch_users: int = 2048
+) -> dict[str, Any]:
+    """Score the model saved at ``checkpoint_path`` on ``target`` (an Interactions split)."""
+    ckpt = load_checkpoint(checkpoint_path)
+    if ckpt["dataset_fingerprint"] != dataset.fingerprint:
+        raise ConfigError(f"{checkpoint_path}: was trained on a different dataset than {dataset.root}")
+    device = torch.device("cpu")
+    model, views = model_from_checkpoint(ckpt, device)
+    state = TrainingState(dataset, model.config, device)
+    metrics = evaluate_model(model, state, views, dataset, target, batch_users)
+    return {"epoch": ckpt["epoch"], **metrics}
+
+
+def adversarial_step(
+    model: MMSSL,
+    out: Any,
+    state: TrainingState,
+    batch_users: Tensor,
+    opt_discriminator: torch.optim.Optimizer,
+    cfg: Config,
+    generator: torch.Generator,
+) -> tuple[Tensor, float]:
+    """One discriminator update, then L_G for the model update (Eq. 3-7).
+
+    Returns (L_G with graph to the generator, L_D value).
+    """
+    mc, tc = model.config, cfg.train
+    disc = model.discriminator
+    assert disc is not None
+    users = batch_users[torch.randperm(batch_users.numel(), generator=generator, device=batch_users.device)]
+    users = users[: tc.adv_users]
+    # Generated relations A_hat^m (Eq. 3), [adv users x all items] blocks with gradient.
+    fake = [
+        cosine_blocks(f_u, f_i, users)
+        for f_u, f_i in zip(out.features.users, out.features.items, strict=True)
+    ]
+    # Real rows A_tilde (Eq. 5): Gumbel-softmax of the observed rows plus zeta * cos(h_u, h_i).
+    with torch.no_grad():
+        observed = observed_rows(state.graph, users, state.n_items)
+        transformed = gumbel_transform(observed, mc.gumbel_tau, generator) if mc.use_gumbel else observed
+        real = transformed + mc.zeta * cosine_blocks(out.user, out.item, users)
+    opt_discriminator.zero_grad(set_to_none=True)
+    loss_d = torch.zeros((), device=users.device)
+    real_scores = disc(real)
+    for f in fake:
+        f_detached = f.detach()
+        loss_d = loss_d + discriminator_loss(real_scores, disc(f_detached))
+        loss_d = loss_d + tc.gp_weight * gradient_penalty(disc, real, f_detached)
+    loss_d = loss_d / len(fake)
+    loss_d.backward()
+    opt_discriminator.step()
+    loss_g = sum(generator_loss(disc(f)) for f in fake) / len(fake)
+    return loss_g, float(loss_d.detach())
+
+
+def train(
+    dataset: Dataset,
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    progress_bar: bool = True,
+    on_epoch: ProgressFn | None = None,
+) -> TrainResult:
+    """Train MMSSL on ``dataset`` into ``run_dir``, resuming from ``run_dir/last.pt`` if present."""
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(tc.device)
+    if device.type == "cpu" and tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    seed_everything(tc.seed)
+    model_config = model_config_for(dataset, cfg.model)
+    state = TrainingState(dataset, model_config, device)
+    model = MMSSL(model_config).to(device)
+    opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt_discriminator = (
+        torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
+        if model.discriminator is not None
+        else None
+    )
+    sampler = torch.Generator(device=device).manual_seed(tc.seed)
+
+    history: list[dict[str, Any]] = []
+    best_metric, best_epoch, bad_epochs, start_epoch, step = -1.0, 0, 0, 1, 0
+    elapsed_before = 0.0
+    identity = {"dataset_fingerprint": dataset.fingerprint, "config": cfg.to_dict()}
+    last_path = run_dir / LAST
+    finished_before = False
+    resumed_views: list[Tensor] = []
+    if last_path.is_file():
+        ckpt = load_checkpoint(last_path, device)
+        mismatch = [k for k, v in identity.items() if ckpt.get(k) != v]
+        if mismatch:
+            raise ConfigError(
+                f"{last_path}: run directory holds a run with a different {' and '.join(mismatch)}; "
+                "use another --out directory or delete it"
+            )
+        model.load_state_dict(ckpt["state_dict"])
+        opt_model.load_state_dict(ckpt["opt_model"])
+        if opt_discriminator is not None:
+            opt_discriminator.load_state_dict(ckpt["opt_discriminator"])
+        _restore_rng(ckpt["rng"], sampler)
+        history, best_metric, best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
+        bad_epochs, step, elapsed_before = ckpt["bad_epochs"], ckpt["step"], ckpt["elapsed"]
+        start_epoch = ckpt["epoch"] + 1
+        finished_before = bool(ckpt["finished"])
+        resumed_views = [t.to(device) for t in ckpt["views_topk"]]
+        log.info("resuming %s at epoch %d (best %s %.4f)", run_dir, start_epoch, SELECT_METRIC, best_metric)
+    if finished_before:
+        log.info("%s already finished; nothing to do", run_dir)
+        start_epoch = tc.epochs + 1
+
+    n_pairs = state.users.numel()
+    steps_per_epoch = max(1, math.ceil(n_pairs / tc.batch_size))
+    views = views_from_topk(resumed_views, state.n_items) if resumed_views else refresh_views(model, state)
+    t_start = time.perf_counter()
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, tc.epochs + 1):
+        model.train()
+        t_epoch = time.perf_counter()
+        sums = {"loss": 0.0, "bpr": 0.0, "cl": 0.0, "g": 0.0, "d": 0.0}
+        order = torch.randperm(n_pairs, generator=sampler, device=device)
+        batches = range(steps_per_epoch)
+        if progress_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        for b in batches:
+            idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
+            users, positives = state.users[idx], state.items[idx]
+            negatives = state.sample_negatives(users, sampler)
+            if views is not None and step % tc.view_refresh_steps == 0 and step > 0:
+                views = refresh_views(model, state)
+            step += 1
+
+            out = model(state.graph, state.item_raw, views)
+            batch_users = torch.unique(users)
+
+            loss_g = torch.zeros((), device=device)
+            if model.discriminator is not None and opt_discriminator is not None:
+                loss_g, loss_d = adversarial_step(
+                    model, out, state, batch_users, opt_discriminator, cfg, sampler
+                )
+                sums["d"] += loss_d
+
+            loss_bpr = bpr_loss(
+                (out.user[users] * out.item[positives]).sum(1),
+                (out.user[users] * out.item[negatives]).sum(1),
+            )
+            loss_cl = torch.zeros((), device=device)
+            if model_config.use_contrastive and out.view_users:
+                loss_cl = sum(
+                    cross_modal_info_nce(out.user[batch_users], view[batch_users], tc.cl_temperature)
+                    for view in out.view_users
+                ) / len(out.view_users)
+            loss_l2 = l2_penalty(
+                model.user_embedding.weight[users],
+                model.item_embedding.weight[positives],
+                model.item_embedding.weight[negatives],
+            )
+            loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
+            opt_model.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_model.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}, step {step}")
+            sums["loss"] += float(loss.detach())
+            sums["bpr"] += float(loss_bpr.detach())
+            sums["cl"] += float(loss_cl.detach())
+            sums["g"] += float(loss_g.detach())
+        train_seconds = time.perf_counter() - t_epoch
+
+        record: dict[str, Any] = {"epoch": epoch, "train_seconds": round(train_seconds, 3)}
+        record.update({k: v / steps_per_epoch for k, v in sums.items()})
+        improved = False
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            t_eval = time.perf_counter()
+            val = evaluate_model(model, state, views, dataset, dataset.val, tc.eval_batch_users)
+            record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
+            record["val"] = val
+            if val[SELECT_METRIC] > best_metric:
+                improved = True
+                best_metric, best_epoch, bad_epochs = val[SELECT_METRIC], epoch, 0
+                _atomic_save(
+                    {
+                        "model_config": model_config.to_dict(),
+                        "config": cfg.to_dict(),
+                        "state_dict": model.state_dict(),
+                        "views_topk": [t.cpu() for t in views.topk_items] if views else [],
+                        "epoch": epoch,
+                        "val_metrics": val,
+                        "dataset_fingerprint": dataset.fingerprint,
+                        "dataset_summary": dataset.summary(),
+                    },
+                    run_dir / BEST,
+                )
+            else:
+                bad_epochs += 1
+        record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        history.append(record)
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        val_txt = ""
+        if "val" in record:
+            v = record["val"]
+            val_txt = (
+                f" | val R@20 {v['recall@20']:.4f} N@20 {v['ndcg@20']:.4f}"
+                f"{' *' if improved else ''} (best {best_metric:.4f} @ {best_epoch})"
+            )
+        log.info(
+            "epoch %d | loss %.4f bpr %.4f cl %.4f g %.4f d %.4f | %.1fs%s",
+            epoch,
+            record["loss"],
+            record["bpr"],
+            record["cl"],
+            record["g"],
+            record["d"],
+            train_seconds,
+            val_txt,
+        )
+        out_of_patience = bad_epochs >= tc.patience
+        out_of_time = tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60
+        finished = out_of_patience or out_of_time or epoch == tc.epochs
+        _atomic_save(
+            {
+                **identity,
+                "state_dict": model.state_dict(),
+                "opt_model": opt_model.state_dict(),
+                "opt_discriminator": opt_discriminator.state_dict() if opt_discriminator else None,
+                "rng": _rng_state(sampler),
+                "history": history,
+                "best_metric": best_metric,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "step": step,
+                "epoch": epoch,
+                "elapsed": elapsed,
+                "finished": finished,
+                "views_topk": [t.cpu() for t in views.topk_items] if views else [],
+            },
+            last_path,
+        )
+        write_history(run_dir, history)
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "max_epochs": tc.epochs,
+                    "best_recall@20": best_metric,
+                    "best_epoch": best_epoch,
+                    "stage": "training",
+                }
+            )
+        if out_of_patience:
+            stopped_early = True
+            log.info("early stop: no %s improvement for %d epochs", SELECT_METRIC, tc.patience)
+            break
+        if out_of_time:
+            log.info("stopping: max_minutes=%s reached", tc.max_minutes)
+            break
+
+    plot_history(run_dir, history)
+    train_times = [h["train_seconds"] for h in history]
+    if not (run_dir / BEST).is_file():
+        raise RuntimeError(f"{run_dir}: training produced no checkpoint (no validation run)")
+    best = load_checkpoint(run_dir / BEST)
+    return TrainResult(
+        run_dir=run_dir,
+        best_epoch=best_epoch,
+        best_metrics=best["val_metrics"],
+        epochs_run=len(history),
+        seconds=round(elapsed_before + time.perf_counter() - t_start, 2),
+        seconds_per_epoch=round(float(np.mean(train_times)) if train_times else 0.0, 3),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        stopped_early=stopped_early,
+        history=history,
+    )
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    tmp = run_dir / (HISTORY + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, run_dir / HISTORY)
+
+
+def plot_history(run_dir: Path, history: list[dict[str, Any]]) -> Path | None:
+    """Training curves: losses and validation Recall/NDCG@20 per epoch, as a PNG."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "bpr", "cl", "g", "d"):
+        ax_loss.plot(epochs, [h[key] for h in history], label=key)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("training losses (epoch means)")
+    ax_loss.legend()
+    evals = [h for h in history if "val" in h]
+    for key in ("recall@20", "ndcg@20"):
+        ax_val.plot([h["epoch"] for h in evals], [h["val"][key] for h in evals], marker="o", label=key)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_title("validation")
+    ax_val.legend()
+    fig.tight_layout()
+    path = run_dir / CURVES
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
