@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -100,8 +100,15 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
 # ------------------------------------------------------------------------------------ middleware
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body parsing passes it on as a 413 (not a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=_too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than MAX_BODY_BYTES={limit}"
 
 
 class BodyLimitMiddleware:
@@ -133,7 +140,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -150,7 +157,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _reject(scope: Scope, send: Send, limit: int) -> None:
-        body = orjson.dumps({"detail": f"request body larger than MAX_BODY_BYTES={limit}"})
+        body = orjson.dumps({"detail": _too_large(limit)})
         await send(
             {
                 "type": "http.response.start",
