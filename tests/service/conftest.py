@@ -25,7 +25,7 @@ import warnings  # noqa: E402
 import redis  # noqa: E402
 
 with warnings.catch_warnings():  # "use httpx2" notice of recent Starlette; httpx is what we have
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
 import svc_artifacts  # noqa: E402
