@@ -230,8 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.runtime = None
-            await manager.stop()
             await retrainer.close()
+            await manager.stop()
             await store.close()
             log.info("stopped")
 

@@ -243,7 +243,11 @@ class SubprocessBackend(JobBackend):
             raise JobNotFoundError(f"no retrain job {job_id!r} (no {path})")
         state = read_status(path)
         tracked = self._running is not None and self._running[0] == job_id
-        if state.get("state") in ("queued", "running") and not tracked:
+        if tracked and state.get("state") in ("finished", "failed"):
+            # The job wrote its result but its process has not exited yet: until it has, the lock
+            # is held, so report it as running (a new job submitted now would get 409).
+            state = {"state": "running", "progress": state.get("progress")}
+        elif state.get("state") in ("queued", "running") and not tracked:
             state = {**state, "state": "failed", "error": "the service process that ran this job stopped"}
         return state
 
@@ -253,10 +257,10 @@ class SubprocessBackend(JobBackend):
             log.warning("terminating the running retrain job", extra={"job_id": job_id})
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
-        for task in list(self._watchers):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._watchers:  # let them reap the process and record the outcome
+            _, pending = await asyncio.wait(list(self._watchers), timeout=10)
+            for task in pending:
+                task.cancel()
 
 
 def _tail(path: Path, n: int = 2000) -> str:

@@ -105,18 +105,23 @@ def client(artifact_path: Path, make_client: Callable[..., TestClient]) -> TestC
 
 @pytest.fixture(scope="session")
 def shared_redis() -> Iterator[dict[str, Any]]:
-    """The shared Redis on 6379, with a key prefix unique to this session; its keys are deleted after."""
+    """The shared Redis on 6379, with a key prefix unique to this session; its keys (and those of the
+    RQ jobs listed in ``job_ids``) are deleted after."""
     conn = redis.Redis.from_url(SHARED_REDIS)
     try:
         conn.ping()
     except redis.RedisError:
         pytest.skip(f"no Redis answers at {SHARED_REDIS}")
     prefix = f"mmssl-test-{uuid.uuid4().hex[:10]}"
-    info: dict[str, Any] = {"url": SHARED_REDIS, "prefix": prefix, "conn": conn}
+    info: dict[str, Any] = {"url": SHARED_REDIS, "prefix": prefix, "conn": conn, "job_ids": []}
     yield info
-    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
+    patterns = [f"{prefix}*", f"rq:*{prefix}*"] + [f"rq:*{job_id}*" for job_id in info["job_ids"]]
+    for pattern in patterns:
         for key in conn.scan_iter(match=pattern, count=1000):
             conn.delete(key)
+    for queue_key in conn.smembers("rq:queues"):  # RQ's registry of queue names
+        if prefix.encode() in queue_key:
+            conn.srem("rq:queues", queue_key)
     conn.close()
 
 
