@@ -321,6 +321,7 @@ def write_artifact(root: Path | str, manifest: Manifest, arrays: ArtifactArrays)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False))
         for p in tmp.iterdir():
             os.chmod(p, 0o444)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: other users (API replicas) could not read it
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -437,6 +438,7 @@ def set_current(root: Path | str, version: str) -> None:
     check_version_name(version)
     load_artifact(root / version)  # refuse to point at a broken artifact
     fd, tmp = tempfile.mkstemp(prefix=".current-", dir=root)
+    os.fchmod(fd, 0o644)  # mkstemp makes it 0600: replicas running as another user must read it
     with os.fdopen(fd, "w") as fh:
         fh.write(version + "\n")
     os.replace(tmp, root / CURRENT)

@@ -56,6 +56,7 @@ class ModelManager:
         self._current: Recommender | None = None
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[bool] | None = None
         self._refused: str | None = None  # version whose load failed; not retried until CURRENT moves
         self.last_error: str | None = None
         faiss.omp_set_num_threads(settings.faiss_threads)
@@ -89,11 +90,12 @@ class ModelManager:
         self._poll_task = asyncio.create_task(self._poll(), name="model-poll")
 
     async def stop(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-            self._poll_task = None
+        for task in (self._poll_task, self._check_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._poll_task = self._check_task = None
 
     async def check(self) -> bool:
         """Swap in the version CURRENT names if it differs from the serving one. True if swapped."""
@@ -102,6 +104,11 @@ class ModelManager:
         if version is None or (rec is not None and rec.version == version) or version == self._refused:
             return False
         return await self._load(version, raise_errors=False)
+
+    def check_soon(self) -> None:
+        """Run ``check`` in the background (a request that learns of a promotion need not wait)."""
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.create_task(self.check(), name="model-check")
 
     async def _poll(self) -> None:
         while True:

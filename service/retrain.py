@@ -329,7 +329,7 @@ class Retrainer:
             out["model_version"] = result.get("model_version")
             out["metrics"] = result.get("metrics")
             if result.get("promoted"):
-                await self.manager.check()  # this replica need not wait for its next poll
+                self.manager.check_soon()  # this replica need not wait for its next poll
         current = self.manager.current
         out["serving_version"] = current.version if current else None
         return out

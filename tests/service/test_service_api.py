@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from artifact import contract
 from artifact.contract import ArtifactError
+from service.logging import JsonFormatter
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -365,9 +366,10 @@ def test_retrain_403_without_configured_token(client: TestClient) -> None:
 
 
 def test_retrain_401_on_missing_or_wrong_token(
-    make_client: Callable[..., TestClient], artifact_path: Path
+    make_client: Callable[..., TestClient], artifact_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = make_client(admin_token="s3cret-token")
+    caplog.set_level("DEBUG")
+    client = make_client(admin_token="s3cret-token", log_level="DEBUG")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
         r = client.post("/retrain", headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -377,6 +379,10 @@ def test_retrain_401_on_missing_or_wrong_token(
     r = client.post("/retrain", headers=ok)
     assert r.status_code == 503 and "RETRAIN_DATA_DIR" in r.json()["detail"]  # authorised, not configured
     assert client.get("/retrain/0123abcd", headers=ok).status_code == 404
+    formatter = JsonFormatter()
+    logged = "\n".join(formatter.format(record) for record in caplog.records)
+    assert "starting" in logged and "**********" in logged  # the settings were logged, masked
+    assert "s3cret-token" not in logged
 
 
 def test_admin_cli_list_promote_rollback(store_root: Path) -> None:
@@ -399,6 +405,13 @@ def test_admin_cli_list_promote_rollback(store_root: Path) -> None:
     refused = cli("rollback", "--to", first)
     assert refused.returncode == 1 and "sha256 mismatch" in refused.stderr
     assert contract.read_current(store_root) == second
+
+
+def test_artifacts_and_current_are_readable_by_other_users(store_root: Path, artifact_path: Path) -> None:
+    """Replicas and the worker may run as different users on a shared volume."""
+    assert artifact_path.stat().st_mode & 0o755 == 0o755
+    assert (artifact_path / contract.MANIFEST).stat().st_mode & 0o444 == 0o444
+    assert (store_root / contract.CURRENT).stat().st_mode & 0o644 == 0o644
 
 
 def test_service_never_imports_torch() -> None:
