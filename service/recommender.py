@@ -112,18 +112,24 @@ class Recommender:
             return _EMPTY, np.zeros(0, dtype=np.float32)
         # At most |exclude| of the first want + |exclude| candidates are excluded: over-fetch that many.
         fetch = want + exclude.size
+        excluded = None
+        if exclude.size:
+            # (n_items,) bool; np.zeros is calloc'd (pages touched only where set): much cheaper
+            # than np.isin, and per call so it is safe from any thread.
+            excluded = np.zeros(self.n_items, dtype=bool)
+            excluded[exclude] = True
         if vector is None:
             labels = self._pop_order[:fetch]
             scores = self._pop_scores[:fetch]
-            if exclude.size:
-                keep = ~np.isin(labels, exclude, assume_unique=True)
+            if excluded is not None:
+                keep = ~excluded[labels]
                 labels, scores = labels[keep], scores[keep]
             return labels[:want], scores[:want]
         query = np.ascontiguousarray(vector, dtype=np.float32)
         if fetch <= min(self.overfetch_cap, self.index.max_k):
             scores, labels = self.index.search(query, fetch)
-            if exclude.size:
-                keep = ~np.isin(labels, exclude, assume_unique=True)
+            if excluded is not None:
+                keep = ~excluded[labels]
                 labels, scores = labels[keep], scores[keep]
             if labels.size >= want:
                 return labels[:want], scores[:want]

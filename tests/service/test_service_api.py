@@ -421,3 +421,31 @@ def test_service_never_imports_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, store_root: Path, artifact_path: Path
+) -> None:
+    from service.app import create_app
+    from service.settings import get_settings
+
+    monkeypatch.setenv("ARTIFACT_ROOT", str(store_root))
+    monkeypatch.setenv("MAX_K", "7")
+    monkeypatch.setenv("DEFAULT_K", "3")
+    monkeypatch.setenv("RETRAIN_OVERRIDES", '{"epochs": 2, "embed_dim": 16}')
+    monkeypatch.setenv("ADMIN_TOKEN", "")  # empty = unset
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        assert settings.retrain_overrides == {"epochs": 2, "embed_dim": 16} and settings.admin_token is None
+        with TestClient(create_app()) as client:  # no settings given: read at start-up
+            assert len(client.post("/recommend", json={"user_id": "u1"}).json()["items"]) == 3
+            r = client.post("/recommend", json={"user_id": "u1", "k": 8})
+            assert r.status_code == 422 and "k must be at most 7" in r.text
+        monkeypatch.setenv("DEFAULT_K", "9")
+        get_settings.cache_clear()
+        with pytest.raises(ValueError, match="DEFAULT_K"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
