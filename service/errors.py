@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
@@ -64,33 +63,27 @@ class RetrainConflictError(ServiceError):
         return {"detail": self.message, "running_job_id": self.running_job_id}
 
 
-def unknown_items_error(unknown: Mapping[str, Sequence[str]]) -> RequestValidationError:
-    """422 in FastAPI's validation format, one entry per field, listing every unknown item id."""
-    return RequestValidationError(
-        [
-            {
-                "type": "unknown_item",
-                "loc": ("body", field),
-                "msg": f"unknown item ids (not in the serving model's catalogue): {list(ids)}",
-                "input": list(ids),
-            }
-            for field, ids in unknown.items()
-        ]
-    )
+# Entries in FastAPI's validation format, so that every 422 has one shape; a route collects all
+# of them and raises ``RequestValidationError(entries)`` once.
 
 
-def limit_error(field: str, value: Any, limit: int, what: str) -> RequestValidationError:
-    return RequestValidationError(
-        [
-            {
-                "type": "limit_exceeded",
-                "loc": ("body", field),
-                "msg": f"{what} must be at most {limit}",
-                "input": value,
-                "ctx": {"limit": limit},
-            }
-        ]
-    )
+def unknown_items(field: str, ids: Sequence[str]) -> dict[str, Any]:
+    return {
+        "type": "unknown_item",
+        "loc": ("body", field),
+        "msg": f"unknown item ids (not in the serving model's catalogue): {list(ids)}",
+        "input": list(ids),
+    }
+
+
+def limit_exceeded(field: str, value: Any, limit: int, what: str) -> dict[str, Any]:
+    return {
+        "type": "limit_exceeded",
+        "loc": ("body", field),
+        "msg": f"{what} must be at most {limit}",
+        "input": value,
+        "ctx": {"limit": limit},
+    }
 
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:

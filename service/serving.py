@@ -7,14 +7,17 @@ import uuid
 from typing import Any
 
 import numpy as np
+from fastapi.exceptions import RequestValidationError
 
-from service.errors import limit_error, unknown_items_error
+from service.errors import limit_exceeded, unknown_items
 from service.metrics import Metrics
 from service.model_manager import ModelManager
 from service.recommender import Recommender
 from service.schemas import InteractionsRequest, RecommendRequest
 from service.settings import Settings
 from service.store import Store
+
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
 class Serving:
@@ -24,34 +27,35 @@ class Serving:
         self.store = store
         self.metrics = metrics
 
-    def _check_list(self, field: str, values: list[str]) -> None:
+    def _check(
+        self, rec: Recommender, item_fields: dict[str, list[str]], k: int | None = None
+    ) -> list[np.ndarray]:
+        """Limits and item ids of a request -> item indices per field; one 422 listing every problem."""
+        errors = []
+        if k is not None and k > self.settings.max_k:
+            errors.append(limit_exceeded("k", k, self.settings.max_k, "k"))
         limit = self.settings.max_items_per_request
-        if len(values) > limit:
-            raise limit_error(field, f"<{len(values)} items>", limit, f"{field} length ({len(values)})")
-
-    @staticmethod
-    def _resolve(rec: Recommender, fields: dict[str, list[str]]) -> list[np.ndarray]:
-        """Item ids of each field -> indices; one 422 listing every unknown id of every field."""
-        resolved, unknown = [], {}
-        for field, ids in fields.items():
+        resolved = []
+        for field, ids in item_fields.items():
+            if len(ids) > limit:
+                errors.append(
+                    limit_exceeded(field, f"<{len(ids)} items>", limit, f"{field} length ({len(ids)})")
+                )
+                resolved.append(_NO_ITEMS)
+                continue
             indices, missing = rec.lookup_items(ids)
             resolved.append(indices)
             if missing:
-                unknown[field] = missing
-        if unknown:
-            raise unknown_items_error(unknown)
+                errors.append(unknown_items(field, missing))
+        if errors:
+            raise RequestValidationError(errors)
         return resolved
 
     async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
-        s = self.settings
-        k = s.default_k if req.k is None else req.k
-        if k > s.max_k:
-            raise limit_error("k", k, s.max_k, "k")
-        self._check_list("exclude_items", req.exclude_items)
-        self._check_list("interactions", req.interactions)
+        k = self.settings.default_k if req.k is None else req.k
         rec = self.manager.require()  # this request runs on this model, whatever swaps meanwhile
-        excluded, interactions = self._resolve(
-            rec, {"exclude_items": req.exclude_items, "interactions": req.interactions}
+        excluded, interactions = self._check(
+            rec, {"exclude_items": req.exclude_items, "interactions": req.interactions}, k
         )
         state = await self.store.get_user_state(rec.version, req.user_id)
         # Stored items a newer catalogue no longer has cannot enter the vector: skip them.
@@ -90,9 +94,8 @@ class Serving:
         }
 
     async def record_interactions(self, req: InteractionsRequest) -> dict[str, Any]:
-        self._check_list("items", req.items)
         rec = self.manager.require()
-        self._resolve(rec, {"items": req.items})
+        self._check(rec, {"items": req.items})
         timestamps = req.timestamps if req.timestamps is not None else [time.time()] * len(req.items)
         kept = await self.store.add_interactions(req.user_id, req.items, timestamps)
         return {

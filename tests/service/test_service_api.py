@@ -213,6 +213,8 @@ def test_unknown_items_are_listed(client: TestClient) -> None:
     assert errors[("body", "interactions")]["input"] == ["nope", "zzz"]
     assert "nope" in errors[("body", "interactions")]["msg"]
     assert errors[("body", "exclude_items")]["input"] == ["gone"]
+    r = client.post("/recommend", json={"user_id": "u1", "k": 500, "interactions": ["nope"]})
+    assert {e["loc"][-1] for e in r.json()["detail"]} == {"k", "interactions"}  # every problem at once
     r = client.post("/interactions", json={"user_id": "u1", "items": ["i1", "missing"]})
     assert r.status_code == 422 and r.json()["detail"][0]["input"] == ["missing"]
 
