@@ -15,7 +15,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RetrainDisabledError, UnauthorizedError, install_error_handlers
+from service.errors import (
+    ModelNotReadyError,
+    RetrainDisabledError,
+    UnauthorizedError,
+    install_error_handlers,
+)
 from service.logging import configure_logging, redact_url
 from service.metrics import Metrics
 from service.model_manager import ModelManager
@@ -79,8 +84,9 @@ class _AppState:
 
 
 def runtime(request: Request) -> Runtime:
-    rt = request.app.state.mmssl.runtime
-    assert rt is not None, "lifespan has not run"
+    rt: Runtime | None = request.app.state.mmssl.runtime
+    if rt is None:
+        raise ModelNotReadyError("the service is starting or stopping")
     return rt
 
 
@@ -98,6 +104,9 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
 
 
 # ------------------------------------------------------------------------------------ middleware
+
+
+_DEFAULT_BODY_LIMIT: int = Settings.model_fields["max_body_bytes"].default
 
 
 class _BodyTooLarge(HTTPException):
@@ -124,7 +133,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         rt = self.state.runtime
-        limit = rt.settings.max_body_bytes if rt else 1_048_576
+        limit = rt.settings.max_body_bytes if rt else _DEFAULT_BODY_LIMIT
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > limit:
