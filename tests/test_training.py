@@ -273,3 +273,15 @@ def test_full_model_beats_the_id_only_variant_on_planted_structure(tmp_path):
     # measured (seed 3): full 0.21 vs ID-only 0.10 Recall@20 on the held-out test split
     assert scores["full"]["recall@20"] > scores["id_only"]["recall@20"] + 0.04
     assert scores["full"]["ndcg@20"] > scores["id_only"]["ndcg@20"]
+
+
+def test_config_precedence_and_types(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model:\n  embed_dim: 32\ntrain:\n  lr: 1e-3\n  epochs: 7\n")
+    cfg = load_config(cfg_file, ["epochs=9", "model.omega=0.1"])
+    assert cfg.model["embed_dim"] == 32 and cfg.model["omega"] == 0.1
+    assert cfg.train.lr == 0.001 and cfg.train.epochs == 9  # file, then overrides
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        load_config(None, ["epochs=1.5"])
+    with pytest.raises(ConfigError, match="did you mean 'patience'"):
+        load_config(None, ["patiance=3"])

@@ -1,0 +1,48 @@
+# Short names for the project's commands. Everything runs from a local virtualenv (.venv).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DATA ?= data/demo
+ARTIFACTS ?= artifacts
+PORT ?= 8000
+ADMIN_TOKEN ?= demo-token
+TIKTOK ?= ../shared/data/tiktok
+
+.PHONY: install demo serve test lint typecheck bench-train bench-quality bench-serve bench-scale soak clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
+	touch $@
+
+## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT)
+demo: install
+	$(BIN)/python -m training synth --out $(DEMO_DATA) --users 600 --items 400 --seed 0
+	$(BIN)/python -m training train --data $(DEMO_DATA) --config configs/demo.yaml --out runs/demo \
+		--no-progress --export-to $(ARTIFACTS) --promote
+	$(MAKE) serve
+
+serve: install
+	ARTIFACT_ROOT=$(ARTIFACTS) RETRAIN_DATA_DIR=$(DEMO_DATA) RETRAIN_CONFIG=configs/demo.yaml \
+	ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/uvicorn service.app:app --host 127.0.0.1 --port $(PORT)
+
+## Lint, type-check and the whole test suite (what CI runs)
+test: install lint typecheck
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+## Benchmarks (not tests): see docs/BENCHMARKS.md
+bench-train: install
+	$(BIN)/python -m training train --data $(TIKTOK) --config configs/tiktok.yaml --out runs/tiktok
+
+clean:
+	rm -rf runs $(ARTIFACTS) $(DEMO_DATA) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,194 @@
+"""Quality benchmark: train variants x seeds, select the epoch on validation, score an eval split.
+
+    python -m benchmarks.quality --data ../shared/data/tiktok --eval-split ../shared/data/tiktok/val.json \
+        --config configs/tiktok.yaml --seeds 1 2 3 --variants full id_only no_asl no_cl no_gt
+
+Each run is its own ``python -m training train`` process (so its peak memory is its own), then
+``python -m training evaluate`` on ``--eval-split``. Writes ``results.json``, ``results.md`` and
+``val_recall20.png`` into ``--out``. The evaluation split is an argument, so the same command
+scores a held-out file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS: dict[str, list[str]] = {
+    "full": [],
+    "id_only": ["id_only=true"],
+    "no_asl": ["use_adversarial=false"],  # w/o-ASL
+    "no_cl": ["use_contrastive=false"],  # w/o-CL
+    "no_gt": ["use_gumbel=false"],  # w/o-GT
+}
+METRICS = [f"{m}@{k}" for k in (10, 20, 50) for m in ("recall", "precision", "ndcg")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], log_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = log_path.read_text().splitlines()[-5:]
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail))
+
+
+def run_one(args: argparse.Namespace, variant: str, seed: int, out: Path) -> dict[str, Any]:
+    run_dir = out / "runs" / f"{variant}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "log.txt"
+    train_cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "train",
+        "--data",
+        args.data,
+        "--out",
+        str(run_dir),
+        "--no-progress",
+    ]
+    if args.config:
+        train_cmd += ["--config", args.config]
+    train_cmd += [f"seed={seed}", *VARIANTS[variant], *args.overrides]
+    t0 = time.perf_counter()
+    _run(train_cmd, log)
+    wall = time.perf_counter() - t0
+    eval_json = run_dir / "eval.json"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "evaluate",
+            "--run",
+            str(run_dir),
+            "--data",
+            args.data,
+            "--split",
+            args.eval_split,
+            "--json",
+            str(eval_json),
+        ],
+        log,
+    )
+    history = json.loads((run_dir / "history.json").read_text())
+    evaluated = json.loads(eval_json.read_text())
+    return {
+        "variant": variant,
+        "seed": seed,
+        "best_epoch": evaluated["epoch"],
+        "epochs_run": len(history),
+        "seconds_per_epoch": statistics.mean(h["train_seconds"] for h in history),
+        "total_seconds": round(wall, 1),
+        "peak_rss_mb": max(h["peak_rss_mb"] for h in history),
+        "eval": {k: evaluated[k] for k in METRICS},
+        "val_curve": [(h["epoch"], h["val"]["recall@20"]) for h in history if "val" in h],
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == variant]
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        for key in METRICS:
+            values = [r["eval"][key] for r in rs]
+            row[key] = statistics.mean(values)
+            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for key in ("best_epoch", "epochs_run", "seconds_per_epoch", "total_seconds", "peak_rss_mb"):
+            row[key] = statistics.mean(r[key] for r in rs)
+        table[variant] = row
+    return table
+
+
+def markdown(table: dict[str, dict[str, Any]], eval_split: str) -> str:
+    head = ["variant", "seeds"] + METRICS + ["best epoch", "epochs", "s/epoch", "total s", "peak MB"]
+    lines = [
+        f"Evaluated on `{eval_split}` (mean ± std over seeds; epoch selected on validation Recall@20).",
+        "",
+    ]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for variant, row in table.items():
+        cells = [variant, ",".join(map(str, row["seeds"]))]
+        cells += [f"{row[k]:.4f} ± {row[k + '_std']:.4f}" for k in METRICS]
+        cells += [
+            f"{row['best_epoch']:.1f}",
+            f"{row['epochs_run']:.1f}",
+            f"{row['seconds_per_epoch']:.2f}",
+            f"{row['total_seconds']:.0f}",
+            f"{row['peak_rss_mb']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in runs:
+        xs, ys = zip(*r["val_curve"], strict=True)
+        ax.plot(xs, ys, label=f"{r['variant']} s{r['seed']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Recall@20")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--eval-split", required=True, help="split file to score (e.g. DATA/val.json or a held-out test.json)"
+    )
+    p.add_argument("--config")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
+    p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument("overrides", nargs="*", help="extra key=value trainer overrides for every run")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            result = run_one(args, variant, seed, out)
+            runs.append(result)
+            print(
+                f"{variant} seed {seed}: eval R@20 {result['eval']['recall@20']:.4f} "
+                f"N@20 {result['eval']['ndcg@20']:.4f} ({result['epochs_run']} epochs, "
+                f"{result['seconds_per_epoch']:.2f} s/epoch)",
+                flush=True,
+            )
+    table = summarise(runs)
+    meta = {
+        "command": " ".join([sys.executable, "-m", "benchmarks.quality", *(argv or sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs, "summary": table}, indent=1))
+    md = markdown(table, args.eval_split)
+    (out / "results.md").write_text(md)
+    plot(runs, out / "val_recall20.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Where a training step spends its time: per-phase timings and the torch.profiler top operators.
+
+    python -m benchmarks.train_speed --data ../shared/data/tiktok --config configs/tiktok.yaml --steps 10
+
+Phases of one step (as in ``training.trainer.train``): the full-graph forward (projection, Eq. 2,
+Eq. 8 views, Eq. 9 attention, Eq. 10 GNN, Eq. 12), the adversarial step (Eq. 3-7: one
+discriminator update + L_G), and the model backward + optimiser step; plus one view refresh.
+Prints a table and writes JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from model import MMSSL
+from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
+from training.config import load_config
+from training.data import load_dataset
+from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views, resolve_device
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/train_speed.json")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    dataset = load_dataset(args.data)
+    mc = model_config_for(dataset, cfg.model)
+    state = TrainingState(dataset, mc, device)
+    torch.manual_seed(tc.seed)
+    model = MMSSL(mc).to(device).train()
+    opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt_d = (
+        torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
+        if model.discriminator
+        else None
+    )
+    gen = torch.Generator(device=device).manual_seed(0)
+    views = refresh_views(model, state)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> tuple[float, float, float]:
+        idx = torch.randint(0, state.users.numel(), (tc.batch_size,), generator=gen, device=device)
+        users, pos = state.users[idx], state.items[idx]
+        neg = state.sample_negatives(users, gen)
+        sync()
+        t0 = time.perf_counter()
+        out = model(state.graph, state.item_raw, views)
+        sync()
+        t1 = time.perf_counter()
+        batch_users = torch.unique(users)
+        loss_g = torch.zeros((), device=device)
+        if opt_d is not None:
+            loss_g, _ = adversarial_step(model, out, state, batch_users, opt_d, cfg, gen)
+        sync()
+        t2 = time.perf_counter()
+        loss = bpr_loss((out.user[users] * out.item[pos]).sum(1), (out.user[users] * out.item[neg]).sum(1))
+        if out.view_users and mc.use_contrastive:
+            cl = sum(
+                cross_modal_info_nce(out.user[batch_users], v[batch_users], tc.cl_temperature)
+                for v in out.view_users
+            )
+            loss = loss + tc.cl_weight * cl / len(out.view_users)
+        loss = loss + tc.g_weight * loss_g
+        loss = loss + tc.l2_weight * l2_penalty(
+            model.user_embedding.weight[users], model.item_embedding.weight[pos]
+        )
+        opt_model.zero_grad()
+        loss.backward()
+        opt_model.step()
+        sync()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    for _ in range(2):
+        step()
+    timings = [step() for _ in range(args.steps)]
+    sync()
+    t = time.perf_counter()
+    refresh_views(model, state)
+    sync()
+    refresh_s = time.perf_counter() - t
+    phases = {
+        name: statistics.mean(x[i] for x in timings)
+        for i, name in enumerate(("forward", "adversarial", "backward"))
+    }
+    steps_per_epoch = math.ceil(state.users.numel() / tc.batch_size)
+    epoch_est = (
+        steps_per_epoch * sum(phases.values())
+        + math.ceil(steps_per_epoch / tc.view_refresh_steps) * refresh_s
+    )
+    with profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    ) as prof:
+        for _ in range(3):
+            step()
+    table = prof.key_averages().table(
+        sort_by="self_cpu_time_total" if device.type == "cpu" else "self_cuda_time_total", row_limit=12
+    )
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, {steps_per_epoch} steps/epoch of {tc.batch_size}"
+    )
+    for name, value in phases.items():
+        print(f"  {name:<12} {1000 * value:8.1f} ms/step")
+    print(f"  {'refresh':<12} {1000 * refresh_s:8.1f} ms every {tc.view_refresh_steps} steps")
+    print(f"  estimated epoch (training only): {epoch_est:.1f} s")
+    print(table)
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "steps_per_epoch": steps_per_epoch,
+        "phase_ms": {k: 1000 * v for k, v in phases.items()},
+        "refresh_ms": 1000 * refresh_s,
+        "epoch_estimate_s": epoch_est,
+        "config": cfg.to_dict(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end on tiny data (their numbers are benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import FAST_OVERRIDES
+
+
+def test_quality_benchmark_writes_table_json_and_plot(tiny_data, tmp_path):
+    from benchmarks import quality
+
+    out = tmp_path / "q"
+    rc = quality.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "test.json"),
+            "--seeds",
+            "1",
+            "--variants",
+            "full",
+            "id_only",
+            "--out",
+            str(out),
+            *FAST_OVERRIDES,
+            "epochs=2",
+        ]
+    )
+    assert rc == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("full", 1), ("id_only", 1)]
+    full = result["summary"]["full"]
+    assert 0 <= full["recall@20"] <= 1 and full["recall@20_std"] == 0 and full["peak_rss_mb"] > 0
+    assert result["runs"][0]["eval"] != result["runs"][1]["eval"]
+    assert "| full | 1 |" in (out / "results.md").read_text()
+    assert (out / "val_recall20.png").stat().st_size > 1000
+
+
+def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data, tmp_path):
+    from benchmarks import fresh_users
+
+    out = tmp_path / "f"
+    rc = fresh_users.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "val.json"),
+            "--out",
+            str(out),
+            *FAST_OVERRIDES,
+            "epochs=2",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["held_out_users"] > 0
+    assert set(summary["recall@20"]) == {"fold_in", "trained_normally", "popularity"}
+    # the held-out users really were absent from the holdout training data
+    train = json.loads((out / "data-holdout" / "train.json").read_text())
+    full = json.loads((tiny_data / "train.json").read_text())
+    assert len(full) - len(train) == summary["held_out_users"]
