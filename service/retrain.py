@@ -171,14 +171,19 @@ class SubprocessBackend(JobBackend):
         self.jobs_dir = settings.jobs_dir
         self._running: tuple[str, asyncio.subprocess.Process] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        self._start_lock = asyncio.Lock()
 
     def status_file(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / "status.json"
 
     async def start(self, spec: dict[str, Any]) -> None:
-        if self._running is not None:
-            holder = self._running[0]
-            raise RetrainConflictError(f"retrain job {holder} is still running", holder)
+        async with self._start_lock:  # the check and the spawn must not interleave with another submit
+            if self._running is not None:
+                holder = self._running[0]
+                raise RetrainConflictError(f"retrain job {holder} is still running", holder)
+            await self._spawn(spec)
+
+    async def _spawn(self, spec: dict[str, Any]) -> None:
         job_id = spec["job_id"]
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ no torch) so they stay fast; the last one runs the real trainer on a tiny synthe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import subprocess
@@ -122,6 +123,39 @@ def test_retrain_rejected_failed_and_forced(
 
     r = retrain_client.post("/retrain", json={"force": "yes"}, headers=AUTH)
     assert r.status_code == 422
+
+
+def test_concurrent_starts_admit_one_job(
+    make_settings: Callable[..., Any], artifact_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.errors import RetrainConflictError
+    from service.metrics import Metrics
+    from service.model_manager import ModelManager
+    from service.retrain import SubprocessBackend, new_job_id
+
+    monkeypatch.setenv("PYTHONPATH", str(HERE))
+    settings = make_settings(retrain_data_dir=tmp_path)
+
+    async def scenario() -> list[Any]:
+        manager = ModelManager(settings, Metrics())
+        await manager.start()
+        backend = SubprocessBackend(settings, manager)
+        specs = []
+        for _ in range(3):
+            job_id = new_job_id()
+            specs.append({
+                "job_id": job_id, "data_dir": str(tmp_path), "artifact_root": str(settings.artifact_root),
+                "config": None, "overrides": {"sleep": 5}, "extra_interactions": {}, "tolerance": 0.0,
+                "force": False, "status_file": str(backend.status_file(job_id)),
+            })  # fmt: skip
+        results = await asyncio.gather(*(backend.start(spec) for spec in specs), return_exceptions=True)
+        await backend.close()  # terminates the one that started
+        await manager.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sum(r is None for r in results) == 1, results
+    assert sum(isinstance(r, RetrainConflictError) for r in results) == 2, results
 
 
 # ------------------------------------------------------------------------------- RQ mode
