@@ -144,8 +144,19 @@ class Topology:
     """Redis + first model + API replicas + worker, all under ``workdir``. A context manager that
     kills every process it started on exit."""
 
-    def __init__(self, workdir: Path, replicas: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        replicas: int = 2,
+        api_python: str | None = None,
+        worker_python: str | None = None,
+    ) -> None:
+        """``api_python`` / ``worker_python``: interpreters of environments built like the images
+        (docker/requirements/*.txt, the project installed as a wheel) to run the API replicas, and the
+        worker and init, in; default: this interpreter, with the repository on PYTHONPATH."""
         self.workdir = workdir
+        self.api_python = api_python
+        self.worker_python = worker_python
         self.store = workdir / "artifacts"
         self.data = workdir / "data"
         self.logs = workdir / "logs"
@@ -163,14 +174,16 @@ class Topology:
 
     # ------------------------------------------------------------------ processes
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, python: str | None = None, **extra: str) -> dict[str, str]:
         """The parent's environment without any service setting (a CI variable must not leak in),
-        plus the topology's settings."""
+        plus the topology's settings, for processes run by ``python`` (None: this interpreter)."""
         names = _settings_names()
         env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        # docker/init-model.sh calls `python`: the interpreter running this script.
-        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        if python is None:  # an image-like environment has the project installed: no PYTHONPATH
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        # docker/init-model.sh calls `python`: the interpreter chosen.
+        bindir = str(Path(python or sys.executable).parent)
+        env["PATH"] = os.pathsep.join((bindir, env.get("PATH", "")))
         env.update(
             PYTHONUNBUFFERED="1",
             ARTIFACT_ROOT=str(self.store),
@@ -230,6 +243,7 @@ class Topology:
     def create_first_model(self) -> str:
         """docker/init-model.sh, as the compose ``init`` service runs it; returns the version."""
         env = self.env(
+            self.worker_python,
             INIT_DATA_PATH=str(self.data),
             INIT_CONFIG=str(REPO / "configs" / "demo.yaml"),
             INIT_OVERRIDES=" ".join(f"{k}={v}" for k, v in TINY.items()),
@@ -257,9 +271,10 @@ class Topology:
         for i in range(self.replicas):
             port = free_port()
             name = f"api-{'ABCDEFGH'[i]}"
-            cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
+            python = self.api_python or sys.executable
+            cmd = [python, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-            self.api.append(self.spawn(name, cmd, self.env()))
+            self.api.append(self.spawn(name, cmd, self.env(self.api_python)))
             self.api_urls.append(f"http://127.0.0.1:{port}")
         for proc, url in zip(self.api, self.api_urls, strict=True):
 
@@ -274,7 +289,8 @@ class Topology:
             wait_for(f"{proc.name} /readyz", ready, 60)
 
     def start_worker(self) -> None:
-        self.worker = self.spawn("worker", [sys.executable, "-m", "service.worker"], self.env())
+        python = self.worker_python or sys.executable
+        self.worker = self.spawn("worker", [python, "-m", "service.worker"], self.env(self.worker_python))
 
     def start(self) -> str:
         self.start_redis()
@@ -595,12 +611,17 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def topology(workdir: Path | None = None, replicas: int = 2) -> Iterator[Topology]:
+def topology(
+    workdir: Path | None = None,
+    replicas: int = 2,
+    api_python: str | None = None,
+    worker_python: str | None = None,
+) -> Iterator[Topology]:
     """A started topology in ``workdir`` (a temporary directory, removed after, by default)."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmssl-topology-")))
-        topo = stack.enter_context(Topology(workdir, replicas))
+        topo = stack.enter_context(Topology(workdir, replicas, api_python, worker_python))
         topo.start()
         yield topo
 
@@ -610,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, store)")
+    parser.add_argument("--api-python", help="interpreter of an environment built like the API image")
+    parser.add_argument("--worker-python", help="interpreter of an environment built like the worker image")
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -617,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    with topology(args.keep) as topo:
+    with topology(args.keep, api_python=args.api_python, worker_python=args.worker_python) as topo:
         report = run_scenario(topo, log)
     print(json.dumps(report, indent=1))
     found = problems(report)
