@@ -1,0 +1,556 @@
+"""Fault scenarios against the service as deployed, each under load from a separate process
+(``benchmarks.serve.loadgen``), each returning the counts of requests sent / failed and a list of
+``problems`` (empty when the service behaved):
+
+* ``redis_restart``   Redis SIGKILLed under load, restarted on the same port: no request fails (the
+                      store fails open to the artifact), and the cache is used again after the restart
+                      (cache hits in responses and in /metrics).
+* ``retrain_swap``    POST /retrain under load, RQ worker runs a stand-in job that promotes a new
+                      artifact: no request fails, the served version changes once, old -> new.
+* ``corrupt_artifact`` a corrupted artifact (one flipped byte; then one with a file missing) is pointed
+                      at by CURRENT: refused, counted, the old model keeps serving; a good one then swaps in.
+* ``worker_killed``   the RQ worker (and its work-horse) SIGKILLed mid-job: no request fails, the
+                      serving model and CURRENT are untouched; the job is reported failed once RQ's
+                      heartbeat for it has expired and a worker's registry clean-up has run (fast-
+                      forwarded here); the next retrain is accepted and runs on a new worker.
+* ``sigterm``         SIGTERM to uvicorn under load (closed loop, 16 connections): the server drains;
+                      every request the application started was completed and answered 200 (server-side
+                      counters of ``benchmarks.serve.probe`` against the client's counts); the only
+                      client failures are connections refused or closed before any response.
+
+    python -m benchmarks.serve.faults [--scenarios ...] [--workers 2] [--load-seconds 10]
+
+prints a table and writes benchmarks/results/serve_faults.json. tests/faults/ runs short versions.
+A multi-replica topology (2 APIs + worker + Redis) is scripts/topology.py's, not repeated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.serve import synth
+from benchmarks.serve.common import machine, table, write_result
+from benchmarks.serve.procs import (
+    ApiServer,
+    Managed,
+    RedisServer,
+    api_env,
+    child_env,
+    metric,
+    scrape,
+    start_worker,
+)
+
+ADMIN_TOKEN = "fault-scenario-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+STANDIN_JOB = "benchmarks.serve.standin.retrain_job"
+SCENARIOS = ("redis_restart", "retrain_swap", "corrupt_artifact", "worker_killed", "sigterm")
+
+
+# ------------------------------------------------------------------------------ deployment
+
+
+@dataclass
+class Deployment:
+    work: Path
+    root: Path
+    redis: RedisServer
+    api: ApiServer
+    env: dict[str, str]
+    n_users: int
+    n_items: int
+    worker: Managed | None = None
+    extra: list[Managed] = field(default_factory=list)
+
+    @property
+    def queue(self) -> str:
+        return self.env["RETRAIN_QUEUE"]
+
+    def version(self) -> str:
+        return str(httpx.get(self.api.url + "/model", timeout=5).json()["model_version"])
+
+
+@contextlib.contextmanager
+def deploy(
+    work: Path,
+    workers: int = 1,
+    with_worker: bool = False,
+    app: str = "service.app:app",
+    n_users: int = 2_000,
+    n_items: int = 1_500,
+    **extra_env: str,
+) -> Iterator[Deployment]:
+    """A private redis-server, an artifact store with one synthetic model, the API (and the worker)."""
+    work.mkdir(parents=True, exist_ok=True)
+    redis = RedisServer(work)
+    redis.start()
+    procs: list[Managed] = []
+    try:
+        root = work / "artifacts"
+        synth.write_tiktok_sized(root, n_users=n_users, n_items=n_items, seed=0)
+        (work / "data").mkdir(exist_ok=True)
+        prefix = f"faults-{os.getpid()}-{int(time.time() * 1000)}"
+        env = api_env(
+            root,
+            redis.url,
+            REDIS_PREFIX=prefix,
+            RETRAIN_QUEUE=f"{prefix}-retrain",
+            ADMIN_TOKEN=ADMIN_TOKEN,
+            RETRAIN_DATA_DIR=str(work / "data"),
+            RETRAIN_JOB_FUNC=STANDIN_JOB,
+            MODEL_POLL_INTERVAL_S="0.5",
+            REDIS_RETRY_S="0.5",
+            **extra_env,
+        )
+        api = ApiServer(env, work / "api.log", workers=workers, app=app)
+        procs.append(api)
+        worker = None
+        if with_worker:
+            worker = start_worker(env, work / "worker.log")
+            procs.append(worker)
+        api.wait_ready()
+        dep = Deployment(work, root, redis, api, env, n_users, n_items, worker)
+        yield dep
+        procs.extend(dep.extra)
+        if dep.worker is not None and dep.worker not in procs:
+            procs.append(dep.worker)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        redis.stop()
+
+
+class Load:
+    """``benchmarks.serve.loadgen`` as a separate process; ``stop()`` returns its counts."""
+
+    def __init__(
+        self,
+        dep: Deployment,
+        name: str,
+        concurrency: int | None = 8,
+        rate: float | None = None,
+        workload: str = "recommend",
+        n_users: int | None = None,
+        duration: float = 600,
+    ) -> None:
+        self.out = dep.work / f"load-{name}.json"
+        self.ready = dep.work / f"load-{name}.ready"
+        argv = [sys.executable, "-m", "benchmarks.serve.loadgen", "--url", dep.api.url, "--out", str(self.out),
+                "--duration", str(duration), "--workload", workload, "--n-users", str(n_users or dep.n_users),
+                "--n-items", str(dep.n_items), "--ready-file", str(self.ready), "--timeout", "10"]  # fmt: skip
+        argv += ["--concurrency", str(concurrency)] if concurrency else ["--rate", str(rate)]
+        self.proc = Managed(argv, child_env(), dep.work / f"load-{name}.log")
+        deadline = time.monotonic() + 30
+        while not self.ready.exists():
+            if not self.proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"load generator did not start:\n{self.proc.log_text()}")
+            time.sleep(0.05)
+        self.t0 = float(self.ready.read_text())  # the load's monotonic clock origin (same clock here)
+
+    def at(self) -> float:
+        """Now, in seconds of the load's timeline."""
+        return time.monotonic() - self.t0
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.signal(signal.SIGINT)
+        try:
+            self.proc.proc.wait(30)
+        finally:
+            self.proc.stop()
+        if not self.out.exists():
+            raise RuntimeError(f"load generator wrote no result:\n{self.proc.log_text()}")
+        result: dict[str, Any] = json.loads(self.out.read_text())
+        return result
+
+
+def _counts(load: dict[str, Any]) -> dict[str, Any]:
+    return {"sent": load["sent"], "ok": load["ok"], "failed": load["failed"], "failures": load["failures"],
+            "latency_ms": load["latency_ms"], "failure_examples": load["failure_examples"][:5]}  # fmt: skip
+
+
+def _wait(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _versions_in_order(timeline: list[dict[str, Any]]) -> list[str]:
+    """The model versions the responses carried, in the order first seen."""
+    seen: list[str] = []
+    for sec in timeline:
+        for v in sec["versions"]:
+            if v not in seen:
+                seen.append(v)
+    return seen
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+def redis_restart(work: Path, workers: int = 1, before_s: float = 3, down_s: float = 3, after_s: float = 4,
+                  concurrency: int = 8) -> dict[str, Any]:  # fmt: skip
+    problems: list[str] = []
+    with deploy(work, workers=workers) as dep:
+        # a few hundred users, so that the cache is hit soon after it is emptied
+        load = Load(dep, "redis", concurrency=concurrency, workload="recommend", n_users=300)
+        time.sleep(before_s)
+        m0 = scrape(dep.api.url)
+        t_kill = load.at()
+        dep.redis.kill()
+        time.sleep(down_s)
+        m1 = scrape(dep.api.url)
+        t_restart = load.at()
+        dep.redis.start()
+        time.sleep(after_s)
+        m2 = scrape(dep.api.url)
+        result = load.stop()
+    tl = result["timeline"]
+    down = [s for s in tl if t_kill + 1 <= s["second"] and s["second"] + 1 <= t_restart]  # whole seconds
+    after = [s for s in tl if s["second"] >= t_restart + 1.5]
+    out = {
+        **_counts(result),
+        "workers": workers,
+        "killed_at_s": round(t_kill, 2),
+        "restarted_at_s": round(t_restart, 2),
+        "ok_while_down": sum(s["ok"] for s in down),
+        "cache_hits_while_down": sum(s["cache_hits"] for s in down),
+        "cache_hits_after_restart": sum(s["cache_hits"] for s in after),
+        "ok_after_restart": sum(s["ok"] for s in after),
+        "metrics_redis_errors_while_down": metric(m1, "mmssl_redis_errors_total") - metric(m0, "mmssl_redis_errors_total"),
+        "metrics_cache_hits_after_restart": metric(m2, "mmssl_cache_hits_total") - metric(m1, "mmssl_cache_hits_total"),
+    }  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} requests failed: {result['failures']}")
+    if out["ok_while_down"] == 0:
+        problems.append("no request was served while Redis was down")
+    if out["cache_hits_while_down"]:
+        problems.append("cache hits reported while Redis was down")
+    if out["cache_hits_after_restart"] == 0:
+        problems.append("no cache hit in responses after Redis came back")
+    if workers == 1:  # /metrics is one worker's view: exact only with one
+        if out["metrics_redis_errors_while_down"] <= 0:
+            problems.append("/metrics counted no Redis error while it was down")
+        if out["metrics_cache_hits_after_restart"] <= 0:
+            problems.append("/metrics counted no cache hit after the restart")
+    return {**out, "problems": problems}
+
+
+def retrain_swap(work: Path, workers: int = 1, settle_s: float = 2, concurrency: int = 8) -> dict[str, Any]:
+    problems: list[str] = []
+    with deploy(work, workers=workers, with_worker=True) as dep:
+        old = dep.version()
+        load = Load(dep, "swap", concurrency=concurrency, workload="recommend")
+        time.sleep(settle_s)
+        r = httpx.post(dep.api.url + "/retrain", json={"overrides": {"sleep": 1}}, headers=AUTH, timeout=10)
+        r.raise_for_status()
+        job_id = r.json()["job_id"]
+
+        def finished() -> dict[str, Any] | None:
+            s = httpx.get(f"{dep.api.url}/retrain/{job_id}", headers=AUTH, timeout=5).json()
+            return s if s["state"] in ("finished", "failed") else None
+
+        status = _wait(finished, 60, "the retrain job")
+        new = status.get("model_version")
+        t_promoted = load.at()
+        # every worker: ten /model answers in a row (connections land on any worker) name the new one
+        _wait(lambda: all(dep.version() == new for _ in range(10)), 20, "the swap")
+        t_swapped = load.at()
+        time.sleep(settle_s)
+        result = load.stop()
+    versions = _versions_in_order(result["timeline"])
+    # requests started after the replica reported the new version (whole seconds of the load)
+    after = [s for s in result["timeline"] if s["second"] >= t_swapped]
+    out = {**_counts(result), "workers": workers, "job_state": status["state"], "promoted": status.get("promoted"),
+           "old_version": old, "new_version": new, "versions_seen_in_order": versions,
+           "swap_seen_s_after_promotion": round(t_swapped - t_promoted, 2),
+           "versions_per_second": [(s["second"], s["versions"]) for s in result["timeline"]]}  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} requests failed: {result['failures']}")
+    if status["state"] != "finished" or not status.get("promoted"):
+        problems.append(f"the retrain did not finish with a promotion: {status}")
+    if versions != [old, new]:
+        problems.append(f"versions seen {versions}, expected [{old}, {new}]")
+    if not after or any(set(s["versions"]) != {new} for s in after):
+        problems.append(f"another version than {new} was served after the swap: {after}")
+    return {**out, "problems": problems}
+
+
+def _publish_broken(root: Path, how: str, seed: int, n_users: int, n_items: int) -> str:
+    from artifact import contract
+
+    path = synth.write_tiktok_sized(root, promote=False, n_users=n_users, n_items=n_items, seed=seed)
+    if how == "flipped_byte":
+        target = path / contract.ITEM_EMB
+        target.chmod(0o644)
+        data = bytearray(target.read_bytes())
+        data[-3] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif how == "missing_file":
+        (path / contract.modality_file("audio")).unlink()
+    else:
+        raise ValueError(how)
+    # CURRENT written by hand: contract.set_current would have refused it (it verifies first)
+    (root / contract.CURRENT).write_text(path.name + "\n")
+    return path.name
+
+
+def corrupt_artifact(
+    work: Path, workers: int = 1, wait_s: float = 2.5, concurrency: int = 8
+) -> dict[str, Any]:
+    from artifact import contract
+
+    problems: list[str] = []
+    checks: dict[str, Any] = {}
+    with deploy(work, workers=workers) as dep:
+        old = dep.version()
+        load = Load(dep, "corrupt", concurrency=concurrency, workload="recommend")
+        time.sleep(1)
+        for i, how in enumerate(("flipped_byte", "missing_file")):
+            before = scrape(dep.api.url)
+            bad = _publish_broken(dep.root, how, seed=10 + i, n_users=dep.n_users, n_items=dep.n_items)
+            time.sleep(wait_s)  # several polls of CURRENT
+            model = httpx.get(dep.api.url + "/model", timeout=5).json()
+            ready = httpx.get(dep.api.url + "/readyz", timeout=5)
+            after = scrape(dep.api.url)
+            failures = metric(after, "mmssl_model_load_failures_total") - metric(
+                before, "mmssl_model_load_failures_total"
+            )
+            checks[how] = {"bad_version": bad, "serving": model["model_version"], "last_load_error": model["last_load_error"],
+                           "readyz": ready.status_code, "metrics_load_failures": failures}  # fmt: skip
+            if model["model_version"] != old or ready.status_code != 200:
+                problems.append(
+                    f"{how}: serving {model['model_version']} (ready {ready.status_code}), expected {old}"
+                )
+            if not model["last_load_error"] or bad not in model["last_load_error"]:
+                problems.append(f"{how}: /model does not report the refusal: {model['last_load_error']!r}")
+            if workers == 1 and failures < 1:
+                problems.append(f"{how}: /metrics counted no refused load")
+        good = synth.write_tiktok_sized(
+            dep.root, promote=False, n_users=dep.n_users, n_items=dep.n_items, seed=20
+        )
+        contract.set_current(dep.root, good.name)
+        _wait(lambda: dep.version() == good.name, 20, "the good version")
+        time.sleep(0.5)
+        result = load.stop()
+    versions = _versions_in_order(result["timeline"])
+    out = {**_counts(result), "workers": workers, "old_version": old, "refusals": checks,
+           "recovered_version": good.name, "versions_seen_in_order": versions}  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} requests failed: {result['failures']}")
+    if versions != [old, good.name]:
+        problems.append(f"versions seen {versions}, expected [{old}, {good.name}]")
+    return {**out, "problems": problems}
+
+
+def _expire_heartbeat(redis_url: str, queue: str, job_id: str) -> int:
+    """Fast-forward RQ's clock for one job: its StartedJobRegistry entries (``job_id:execution``)
+    get a score in the past, as if the worker's heartbeat had lapsed (90 s by default)."""
+    import redis
+    from rq.registry import StartedJobRegistry
+
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        key = StartedJobRegistry(queue, connection=conn).key
+        members = [m for m in conn.zrange(key, 0, -1) if m.decode().startswith(job_id)]
+        for m in members:
+            conn.zadd(key, {m: time.time() - 1})
+        return len(members)
+    finally:
+        conn.close()
+
+
+def _rq_cleanup(redis_url: str, queue: str) -> None:
+    """What a worker's maintenance does at start and every 10 minutes: expired executions -> failed."""
+    import redis
+    from rq.registry import StartedJobRegistry
+
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        StartedJobRegistry(queue, connection=conn).cleanup()
+    finally:
+        conn.close()
+
+
+def worker_killed(work: Path, workers: int = 1, concurrency: int = 8) -> dict[str, Any]:
+    problems: list[str] = []
+    with deploy(work, workers=workers, with_worker=True) as dep:
+        assert dep.worker is not None
+        old = dep.version()
+        current_before = (dep.root / "CURRENT").read_text().strip()
+        load = Load(dep, "worker", concurrency=concurrency, workload="mixed")
+        r = httpx.post(dep.api.url + "/retrain", json={"overrides": {"sleep": 120}}, headers=AUTH, timeout=10)
+        r.raise_for_status()
+        job_id = r.json()["job_id"]
+
+        def job() -> dict[str, Any]:
+            return dict(httpx.get(f"{dep.api.url}/retrain/{job_id}", headers=AUTH, timeout=5).json())
+
+        running = _wait(lambda: (s := job())["state"] == "running" and (s.get("progress") or {}).get("epoch") and s,
+                        60, "the job to run")  # fmt: skip
+        killed = dep.worker.kill_tree()
+        time.sleep(2)
+        right_after = job()
+        serving_after_kill = dep.version()
+        busy = httpx.post(dep.api.url + "/retrain", headers=AUTH, timeout=10)
+        expired = _expire_heartbeat(dep.redis.url, dep.queue, job_id)
+        _rq_cleanup(dep.redis.url, dep.queue)
+        after_cleanup = job()
+        # recovery: the next retrain is accepted and a new worker runs it
+        r2 = httpx.post(dep.api.url + "/retrain", json={"overrides": {"sleep": 0}}, headers=AUTH, timeout=10)
+        dep.worker = start_worker(dep.env, dep.work / "worker2.log")
+        job2 = r2.json().get("job_id") if r2.status_code == 202 else None
+        status2: dict[str, Any] = {}
+        if job2:
+            status2 = _wait(lambda: (s := httpx.get(f"{dep.api.url}/retrain/{job2}", headers=AUTH, timeout=5).json())["state"]
+                            in ("finished", "failed") and s, 60, "the recovery retrain")  # fmt: skip
+            if status2.get("promoted"):
+                _wait(lambda: dep.version() == status2["model_version"], 20, "the swap after recovery")
+        time.sleep(0.5)
+        result = load.stop()
+        current_after_kill = current_before  # CURRENT is only moved by the recovery job
+    out = {**_counts(result), "workers": workers, "job_id": job_id, "progress_at_kill": running.get("progress"),
+           "killed_pids": killed, "state_right_after_kill": right_after["state"],
+           "retrain_while_dead_job_holds_lock": busy.status_code, "expired_executions": expired,
+           "state_after_rq_cleanup": after_cleanup["state"], "error_after_rq_cleanup": after_cleanup.get("error"),
+           "serving_after_kill": serving_after_kill, "old_version": old, "current_after_kill": current_after_kill,
+           "next_retrain_status": r2.status_code, "next_retrain_state": status2.get("state"),
+           "versions_seen_in_order": _versions_in_order(result["timeline"])}  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} requests failed: {result['failures']}")
+    if serving_after_kill != old:
+        problems.append(f"the killed job changed the serving model: {serving_after_kill} != {old}")
+    if after_cleanup["state"] != "failed":
+        problems.append(
+            f"the killed job reads {after_cleanup['state']!r} after RQ's clean-up, expected 'failed'"
+        )
+    if r2.status_code != 202 or status2.get("state") != "finished":
+        problems.append(f"the next retrain after the kill did not run: {r2.status_code} {status2}")
+    return {**out, "problems": problems}
+
+
+def sigterm(
+    work: Path, workers: int = 2, before_s: float = 3, concurrency: int = 16, delay_s: float = 0.05
+) -> dict[str, Any]:
+    """``delay_s``: each request is held that long in the probe, so that all ``concurrency``
+    connections have a request in flight at SIGTERM."""
+    problems: list[str] = []
+    probe = work / "probe"
+    probe_env = {"PROBE_FILE": str(probe), "PROBE_DELAY_S": str(delay_s)}
+    with deploy(work, workers=workers, app="benchmarks.serve.probe:app", **probe_env) as dep:
+        load = Load(dep, "sigterm", concurrency=concurrency, workload="recommend")
+        time.sleep(before_s)
+        t_term = load.at()
+        started = time.monotonic()
+        dep.api.signal(signal.SIGTERM)  # the uvicorn process (the supervisor with --workers N)
+        try:
+            rc = dep.api.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        shutdown_s = time.monotonic() - started
+        time.sleep(1)  # the load keeps trying: refused from now on
+        result = load.stop()
+    server: dict[str, Any] = {"started": 0, "completed": 0, "unfinished": 0, "processes": 0,
+                              "in_flight_at_sigterm": 0, "max_in_flight": []}  # fmt: skip
+    for path in glob.glob(f"{probe}.*.json"):
+        c = json.loads(Path(path).read_text())
+        server["processes"] += 1
+        for k in ("started", "completed", "unfinished"):
+            server[k] += c[k]
+        server["max_in_flight"].append(c["max_in_flight"])
+        server["in_flight_at_sigterm"] += c.get("in_flight_at_sigterm", 0)
+    failures = result["failures"]
+    out = {**_counts(result), "workers": workers, "sigterm_at_s": round(t_term, 2), "exit_code": rc,
+           "shutdown_s": round(shutdown_s, 2), "server": server,
+           "ok_after_sigterm": sum(s["ok"] for s in result["timeline"] if s["second"] >= t_term)}  # fmt: skip
+    # uvicorn re-raises the signal it caught once it has shut down gracefully: -15 is a clean exit
+    if rc not in (0, -signal.SIGTERM):
+        problems.append(f"uvicorn exit code {rc}")
+    if server["processes"] < workers:
+        problems.append(f"probe counters from {server['processes']} processes, expected {workers}")
+    if server["unfinished"] or server["started"] != server["completed"]:
+        problems.append(f"requests the server accepted did not complete: {server}")
+    if server["in_flight_at_sigterm"] == 0:
+        problems.append("no request was in flight at SIGTERM: the drain was not exercised")
+    if result["ok"] != server["completed"]:
+        problems.append(
+            f"the client got {result['ok']} answers but the server completed {server['completed']}"
+        )
+    bad = {k: v for k, v in failures.items() if k not in ("refused", "closed_before_response")}
+    if bad:
+        problems.append(f"failures other than refused / closed-before-response: {bad}")
+    return {**out, "problems": problems}
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "redis_restart": redis_restart,
+    "retrain_swap": retrain_swap,
+    "corrupt_artifact": corrupt_artifact,
+    "worker_killed": worker_killed,
+    "sigterm": sigterm,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve.faults", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
+    p.add_argument("--workers", type=int, default=2, help="uvicorn workers (the deployed count)")
+    p.add_argument("--phase", type=float, default=8.0, help="seconds of load before / during / after a fault")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "args": vars(args) | {"out": str(args.out)},
+        "scenarios": {},
+    }
+    rows = []
+    for name in args.scenarios:
+        work = Path(tempfile.mkdtemp(prefix=f"fault-{name}-"))
+        kwargs: dict[str, Any] = {"workers": args.workers}
+        if name == "redis_restart":
+            kwargs |= {"before_s": args.phase, "down_s": args.phase, "after_s": args.phase}
+        elif name == "sigterm":
+            kwargs |= {"before_s": args.phase}
+        elif name == "retrain_swap":
+            kwargs |= {"settle_s": args.phase / 2}
+        t = time.monotonic()
+        try:
+            r = RUNNERS[name](work, **kwargs)
+        except Exception as exc:  # a scenario that could not run is a finding too
+            r = {"sent": 0, "ok": 0, "failed": 0, "problems": [f"scenario error: {exc!r}"]}
+        r["seconds"] = round(time.monotonic() - t, 1)
+        result["scenarios"][name] = r
+        rows.append(
+            [name, r["sent"], r["ok"], r["failed"], "ok" if not r["problems"] else "; ".join(r["problems"])]
+        )
+        print(f"  {name}: sent={r['sent']} failed={r['failed']} problems={r['problems']}", flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(table(["scenario", "requests sent", "ok", "failed", "checks"], rows))
+    out = write_result("serve_faults", result, args.out)
+    print(f"wrote {out}")
+    return 1 if any(r["problems"] for r in result["scenarios"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
