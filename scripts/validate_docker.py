@@ -17,6 +17,7 @@ Checks
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
 SCHEMA = DOCKER / "compose-spec.schema.json"
+# The Compose Specification schema (Apache-2.0, docker/compose-spec.LICENSE), as vendored by the PyPI
+# package check-jsonschema 0.39.0 (check_jsonschema/builtin_schemas/vendor/compose-spec.json); CI
+# reaches no other source. To update: pip download --no-deps check-jsonschema==X, copy that file here,
+# and set its sha256 below.
+SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 ENV_EXAMPLE = REPO / ".env.example"
 LOCKS = DOCKER / "requirements"
 # Variables that must make `docker compose` fail at start when unset.
@@ -208,6 +214,13 @@ def schema_findings(document: Mapping[str, Any], name: str, schema: Mapping[str,
 
 def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA.read_text())
+
+
+def check_schema_file() -> list[str]:
+    digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest() if SCHEMA.is_file() else "missing"
+    if digest != SCHEMA_SHA256:
+        return [f"{SCHEMA.relative_to(REPO)}: sha256 {digest} is not the vendored schema's {SCHEMA_SHA256}"]
+    return []
 
 
 def check_compose(path: Path) -> list[str]:
@@ -437,6 +450,7 @@ def run_all() -> list[str]:
     for path in files:
         findings += check_base_images(path)
         findings += check_dockerfile_rules(path)
+    findings += check_schema_file()
     texts, docs = {}, {}
     for name in COMPOSE_FILES:
         path = REPO / name

@@ -102,6 +102,12 @@ def test_compose_refuses_to_start_without_admin_token() -> None:
     assert doc["services"]["api"]["environment"]["ADMIN_TOKEN"] == "s3cret"
 
 
+def test_vendored_schema_is_the_compose_specification(schema: dict[str, Any]) -> None:
+    assert vd.check_schema_file() == []
+    assert schema["title"] == "Compose Specification"
+    assert {"services", "volumes", "networks"} <= set(schema["properties"])
+
+
 def test_schema_accepts_the_stack_and_rejects_planted_faults(
     compose: dict[str, Any], schema: dict[str, Any]
 ) -> None:
