@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,8 +27,11 @@ from service.metrics import Metrics
 from service.model_manager import ModelManager
 from service.retrain import Retrainer
 from service.schemas import (
+    ConflictBody,
+    ErrorBody,
     InteractionsRequest,
     InteractionsResponse,
+    ReadinessBody,
     RecommendRequest,
     RecommendResponse,
     RetrainAccepted,
@@ -95,14 +99,42 @@ async def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
-async def require_admin(request: Request, rt: RuntimeDep) -> None:
+# Declares the bearer scheme in the OpenAPI schema; the token itself is checked below (auto_error off,
+# so that a missing token gets the same 401 as a wrong one).
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <ADMIN_TOKEN>")
+
+
+async def require_admin(
+    rt: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     token = rt.settings.admin_token
     if token is None:
         raise RetrainDisabledError("retraining is disabled: ADMIN_TOKEN is not set on this server")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    given = credentials.credentials.strip().encode() if credentials is not None else b""
+    # constant time: the comparison must not reveal how much of a guessed token was right
+    if not hmac.compare_digest(given, token.get_secret_value().encode()):
         raise UnauthorizedError("missing or wrong admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
+
+
+# Every status a route can answer is in the OpenAPI schema (422 is added by FastAPI).
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "The body is not valid JSON.",
+        401: "Missing or wrong admin token.",
+        403: "Retraining is disabled (no ADMIN_TOKEN on this server).",
+        404: "No such retrain job.",
+        409: "A retrain job is already running.",
+        413: "The body is larger than MAX_BODY_BYTES.",
+        503: "No model loaded yet, the service is starting or stopping, or Redis is unavailable.",
+    }
+    return {c: {"model": ConflictBody if c == 409 else ErrorBody, "description": what[c]} for c in codes}
+
+
+_BODY_ERRORS = _errors(400, 413, 503)
+_METRICS_OK: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}
+}
+_ADMIN_ERRORS = _errors(401, 403, 503)
 
 
 # ------------------------------------------------------------------------------------ middleware
@@ -252,25 +284,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, responses=_BODY_ERRORS)
     async def recommend(body: RecommendRequest, rt: RuntimeDep) -> Response:
         started = time.perf_counter()
         result = await rt.serving.recommend(body)
         rt.metrics.recommend_latency.labels(result["path"]).observe(time.perf_counter() - started)
         return _json(result)
 
-    @app.post("/interactions", response_model=InteractionsResponse)
+    @app.post("/interactions", response_model=InteractionsResponse, responses=_BODY_ERRORS)
     async def interactions(body: InteractionsRequest, rt: RuntimeDep) -> Response:
         return _json(await rt.serving.record_interactions(body))
 
     @app.post(
-        "/retrain", status_code=202, response_model=RetrainAccepted, dependencies=[Depends(require_admin)]
+        "/retrain",
+        status_code=202,
+        response_model=RetrainAccepted,
+        dependencies=[Depends(require_admin)],
+        responses=_BODY_ERRORS | _ADMIN_ERRORS | _errors(409),
     )
     async def retrain(rt: RuntimeDep, body: RetrainRequest | None = None) -> Response:
         body = body or RetrainRequest()
         return _json(await rt.retrainer.submit(body.force, body.overrides), status_code=202)
 
-    @app.get("/retrain/{job_id}", response_model=RetrainStatus, dependencies=[Depends(require_admin)])
+    @app.get(
+        "/retrain/{job_id}",
+        response_model=RetrainStatus,
+        dependencies=[Depends(require_admin)],
+        responses=_ADMIN_ERRORS | _errors(404),
+    )
     async def retrain_status(job_id: str, rt: RuntimeDep) -> Response:
         return _json(await rt.retrainer.status(job_id))
 
@@ -278,7 +319,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return _json({"status": "alive"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=ReadinessBody, responses={503: {"model": ReadinessBody}})
     async def readyz(rt: RuntimeDep) -> Response:
         rec = rt.manager.current
         body: dict[str, Any] = {"store": rt.store.kind}
@@ -291,11 +332,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _json(body, status_code=503)
         return _json(body | {"status": "ready", "model_version": rec.version})
 
-    @app.get("/model")
+    @app.get("/model", responses=_errors(503))
     async def model(rt: RuntimeDep) -> Response:
         return _json(rt.manager.summary())
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses=_METRICS_OK | _errors(503),
+    )
     async def metrics_route(rt: RuntimeDep) -> Response:
         return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -103,3 +103,21 @@ class RetrainStatus(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     serving_version: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Body of every error response except 422 (which lists each problem of the request)."""
+
+    detail: str
+
+
+class ConflictBody(ErrorBody):
+    running_job_id: str | None = Field(description="The retrain job that holds the one-at-a-time lock.")
+
+
+class ReadinessBody(BaseModel):
+    status: Literal["ready", "not ready"]
+    store: str
+    model_version: str | None = None
+    detail: str | None = None
+    last_load_error: str | None = None
