@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -42,6 +43,8 @@ from service.store import Store
 log = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+# Ids RQ accepts (ours are uuid4 hex); RQ would also read "id:anything" as the job "id".
+_RQ_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 _STATE = {
     JobStatus.STARTED: "running",
@@ -147,6 +150,8 @@ class RQBackend(JobBackend):
             raise StoreUnavailableError(f"cannot enqueue the retrain: Redis is unavailable ({exc})") from exc
 
     async def status(self, job_id: str) -> dict[str, Any]:
+        if not _RQ_JOB_ID.fullmatch(job_id):  # RQ raises ValueError (a 500) on other characters
+            raise JobNotFoundError(f"no retrain job {job_id!r}")
         try:
             return await asyncio.to_thread(self._status, job_id)
         except RedisError as exc:
