@@ -8,7 +8,7 @@ PORT ?= 8000
 ADMIN_TOKEN ?= demo-token
 TIKTOK ?= ../shared/data/tiktok
 
-.PHONY: install demo serve test lint typecheck bench-train bench-quality bench-serve bench-scale soak clean
+.PHONY: install demo serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,16 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+## Deployment checks (also run by the test suite)
+validate-docker: install
+	$(BIN)/python scripts/validate_docker.py
+
+topology: install
+	$(BIN)/python scripts/topology.py
+
+lock-docker: install
+	$(BIN)/python scripts/lock_requirements.py
 
 ## Benchmarks (not tests): see docs/BENCHMARKS.md
 bench-train: install

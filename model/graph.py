@@ -44,6 +44,16 @@ def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) 
     ).coalesce()
 
 
+def mean_operators(users: Tensor, items: Tensor, n_users: int, n_items: int) -> tuple[Tensor, Tensor]:
+    """The Eq. 2 operators: (n_users, n_items) with 1/sqrt(|N_u|), (n_items, n_users) with 1/sqrt(|N_i|)."""
+    inv_sqrt_u = torch.bincount(users, minlength=n_users).to(torch.float32).clamp_min(1).rsqrt()
+    inv_sqrt_i = torch.bincount(items, minlength=n_items).to(torch.float32).clamp_min(1).rsqrt()
+    return (
+        _sparse(users, items, inv_sqrt_u[users], (n_users, n_items)),
+        _sparse(items, users, inv_sqrt_i[items], (n_items, n_users)),
+    )
+
+
 def build_interaction_graph(
     users: Tensor, items: Tensor, n_users: int, n_items: int, graph_norm: str = "symmetric"
 ) -> InteractionGraph:

@@ -41,6 +41,9 @@ class TrainConfig:
     cl_temperature: float = 0.5  # τ' (Eq. 11)
     adv_users: int = 256  # users per step in the adversarial SSL task (rows of width |I|)
     view_refresh_steps: int = 20  # rebuild the Eq. 8 top-k views every N steps
+    # Compute Eq. 2 for a step on the graph without that step's positive edges, so that the
+    # modality side cannot score a training positive through its own features (see docs/MODEL.md).
+    holdout_batch_edges: bool = True
     patience: int = 8  # epochs without validation Recall@20 improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     eval_batch_users: int = 2048

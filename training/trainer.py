@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
-from model.graph import InteractionGraph, cosine_blocks, modality_topk, observed_rows
+from model.graph import InteractionGraph, cosine_blocks, mean_operators, modality_topk, observed_rows
 from model.losses import (
     bpr_loss,
     cross_modal_info_nce,
@@ -112,6 +112,15 @@ class TrainingState:
         # Sorted keys u * n_items + i of the observed pairs, for rejection of sampled negatives.
         self.pair_keys = torch.sort(self.users * dataset.n_items + self.items).values
         self.n_items = dataset.n_items
+
+    def graph_without(self, pair_idx: Tensor) -> InteractionGraph:
+        """The graph with the Eq. 2 operators rebuilt without the given training pairs."""
+        keep = torch.ones(self.users.numel(), dtype=torch.bool, device=self.users.device)
+        keep[pair_idx] = False
+        user_mean, item_mean = mean_operators(
+            self.users[keep], self.items[keep], self.graph.user_mean.shape[0], self.n_items
+        )
+        return self.graph._replace(user_mean=user_mean, item_mean=item_mean)
 
     def sample_negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
         """Uniform items the user has not interacted with in training (resampled on collision)."""
@@ -345,7 +354,8 @@ def train(
                 views = refresh_views(model, state)
             step += 1
 
-            out = model(state.graph, state.item_raw, views)
+            graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
+            out = model(graph, state.item_raw, views)
             batch_users = torch.unique(users)
 
             loss_g = torch.zeros((), device=device)
