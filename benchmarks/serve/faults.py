@@ -94,11 +94,13 @@ def deploy(
     app: str = "service.app:app",
     n_users: int = 2_000,
     n_items: int = 1_500,
+    redis_password: str | None = None,
+    access_log: bool = False,
     **extra_env: str,
 ) -> Iterator[Deployment]:
     """A private redis-server, an artifact store with one synthetic model, the API (and the worker)."""
     work.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(work)
+    redis = RedisServer(work, password=redis_password)
     redis.start()
     procs: list[Managed] = []
     try:
@@ -118,7 +120,7 @@ def deploy(
             REDIS_RETRY_S="0.5",
             **extra_env,
         )
-        api = ApiServer(env, work / "api.log", workers=workers, app=app)
+        api = ApiServer(env, work / "api.log", workers=workers, app=app, access_log=access_log)
         procs.append(api)
         worker = None
         if with_worker:

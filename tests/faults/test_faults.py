@@ -1,0 +1,65 @@
+"""Faults under load, each against the API as deployed (uvicorn, private Redis, RQ worker), with the
+load from a separate process: requests sent / failed are counted and asserted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.serve import faults
+
+
+def test_redis_killed_under_load_and_restarted(tmp_path: Path) -> None:
+    r = faults.redis_restart(tmp_path, workers=1, before_s=1.5, down_s=2.5, after_s=3.0, concurrency=4)
+    assert r["sent"] > 100 and r["failed"] == 0, r
+    assert r["ok_while_down"] > 0 and r["cache_hits_while_down"] == 0, r  # served from the artifact alone
+    assert r["metrics_redis_errors_while_down"] > 0, r  # Redis really was gone
+    assert r["cache_hits_after_restart"] > 0 and r["metrics_cache_hits_after_restart"] > 0, r
+    assert r["problems"] == []
+
+
+def test_retrain_and_swap_under_load(tmp_path: Path) -> None:
+    r = faults.retrain_swap(tmp_path, workers=1, settle_s=1.0, concurrency=4)
+    assert r["sent"] > 100 and r["failed"] == 0, r
+    assert r["job_state"] == "finished" and r["promoted"] is True
+    assert r["versions_seen_in_order"] == [r["old_version"], r["new_version"]]
+    assert r["old_version"] != r["new_version"]
+    assert r["problems"] == []
+
+
+def test_corrupted_artifact_is_refused_and_old_model_keeps_serving(tmp_path: Path) -> None:
+    r = faults.corrupt_artifact(tmp_path, workers=1, wait_s=1.5, concurrency=4)
+    assert r["sent"] > 100 and r["failed"] == 0, r
+    flipped, missing = r["refusals"]["flipped_byte"], r["refusals"]["missing_file"]
+    assert "sha256 mismatch" in flipped["last_load_error"] and flipped["serving"] == r["old_version"]
+    assert "missing" in missing["last_load_error"] and missing["serving"] == r["old_version"]
+    assert flipped["metrics_load_failures"] == 1 and missing["metrics_load_failures"] == 1
+    assert flipped["readyz"] == missing["readyz"] == 200
+    # a good artifact promoted afterwards is taken: the refusals did not wedge the manager
+    assert r["versions_seen_in_order"] == [r["old_version"], r["recovered_version"]]
+    assert r["problems"] == []
+
+
+def test_worker_killed_mid_job(tmp_path: Path) -> None:
+    r = faults.worker_killed(tmp_path, workers=1, concurrency=4)
+    assert r["sent"] > 100 and r["failed"] == 0, r
+    assert len(r["killed_pids"]) >= 2  # the worker and its work-horse
+    assert r["serving_after_kill"] == r["old_version"] == r["current_after_kill"]
+    # RQ only learns of the death when the job's heartbeat lapses: until then it reads running and
+    # holds the one-at-a-time lock
+    assert r["state_right_after_kill"] == "running" and r["retrain_while_dead_job_holds_lock"] == 409
+    assert r["expired_executions"] == 1
+    assert r["state_after_rq_cleanup"] == "failed" and "Abandoned" in r["error_after_rq_cleanup"]
+    assert r["next_retrain_status"] == 202 and r["next_retrain_state"] == "finished"
+    assert r["problems"] == []
+
+
+def test_sigterm_under_load_completes_every_accepted_request(tmp_path: Path) -> None:
+    r = faults.sigterm(tmp_path, workers=2, before_s=2.0, concurrency=16, delay_s=0.05)
+    server = r["server"]
+    assert server["processes"] == 2 and server["in_flight_at_sigterm"] > 0, r
+    assert server["started"] == server["completed"] == r["ok"] > 50, r
+    assert server["unfinished"] == 0
+    # what failed on the client was never accepted by the application
+    assert set(r["failures"]) <= {"refused", "closed_before_response"}, r
+    assert r["exit_code"] in (0, -15) and r["shutdown_s"] < 10
+    assert r["problems"] == []
