@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 from service.errors import (
     JobNotFoundError,
@@ -87,9 +88,21 @@ class RQBackend(JobBackend):
         self.lock_key = f"{settings.redis_prefix}:retrain:lock"
         self.lock_ttl = settings.retrain_timeout_s + 600
 
+    def _reap_dead_workers(self) -> None:
+        """Move jobs whose worker stopped heart-beating (killed mid-job) to failed.
+
+        RQ only does this from a live worker's periodic maintenance (every 10 minutes), so a job
+        whose worker died would read "running" and hold the lock that long; reading through the
+        registry's cleanup marks it failed (AbandonedJobError) once its heartbeat has expired.
+        """
+        StartedJobRegistry(self.queue.name, connection=self.connection).cleanup()
+
     def _holder_active(self, holder: str) -> bool:
         try:
-            return Job.fetch(holder, connection=self.connection).get_status() not in _TERMINAL
+            job = Job.fetch(holder, connection=self.connection)
+            if job.get_status() == JobStatus.STARTED:
+                self._reap_dead_workers()
+            return job.get_status() not in _TERMINAL
         except NoSuchJobError:
             return False
 
@@ -126,6 +139,9 @@ class RQBackend(JobBackend):
         except NoSuchJobError as exc:
             raise JobNotFoundError(f"no retrain job {job_id!r} (unknown or expired)") from exc
         status = job.get_status()
+        if status == JobStatus.STARTED:
+            self._reap_dead_workers()
+            status = job.get_status()
         out: dict[str, Any] = {
             "state": _STATE.get(status, "queued"),
             "progress": job.get_meta(refresh=False).get("progress"),

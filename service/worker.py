@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.retrain_queue, connection=connection)
     log.info("retrain worker starting", extra={"queue": queue.name, "redis": redact_url(settings.redis_url)})
-    Worker([queue], connection=connection).work(burst=args.burst, logging_level=settings.log_level)
+    # A 10 s heartbeat (RQ adds 60 s of grace) lets the API notice a killed worker within ~70 s.
+    worker = Worker([queue], connection=connection, job_monitoring_interval=10)
+    worker.work(burst=args.burst, logging_level=settings.log_level)
     return 0
 
 

@@ -97,11 +97,8 @@ def test_killed_worker_leaves_the_old_model_serving(report: dict[str, Any], caps
 def test_service_reports_a_dead_workers_job_failed(report: dict[str, Any]) -> None:
     """The service itself should say 'failed' once RQ's heartbeat of the job has expired."""
     killed = report["killed_retrain"]
-    if not killed["detected_by_service"]:
-        pytest.xfail(
-            "service/retrain.py RQBackend does not detect a dead worker: GET /retrain/{id} read "
-            f"{killed['state_after_heartbeat_expiry']!r} {killed['seconds_kill_to_rq_expiry']}s after "
-            "the SIGKILL, past RQ's heartbeat expiry; only StartedJobRegistry.cleanup() (run by a live "
-            "worker's maintenance every 10 min) moves it to failed"
-        )
+    assert killed["detected_by_service"], (
+        f"GET /retrain/{{id}} read {killed['state_after_heartbeat_expiry']!r} "
+        f"{killed['seconds_kill_to_rq_expiry']}s after the SIGKILL, past RQ's heartbeat expiry"
+    )
     assert killed["state_after_heartbeat_expiry"] == "failed"
