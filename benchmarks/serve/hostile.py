@@ -49,7 +49,8 @@ def schemathesis(url: str, token: str, max_examples: int, report_dir: Path, seed
     if max_time:
         cmd += ["--max-time", str(max_time)]
     t = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    report_dir.mkdir(parents=True, exist_ok=True)  # cwd too: st keeps its .schemathesis/ cache there
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=report_dir)
     reports = sorted(report_dir.glob("json-*.json"))
     if not reports:
         raise RuntimeError(
