@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-# Two cores on CI: keep torch from oversubscribing when tests run next to other processes.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tiny models gain nothing from threads, and servers started by tests share the 2 CI cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A configuration small enough for tests on 2 CPU cores, exercising every component.
 FAST_OVERRIDES = [
