@@ -241,7 +241,9 @@ def test_retrain_job_promotes_then_rejects_a_worse_model(tiny_data, tmp_path):
     overrides = {k: json.loads(v) if v[0].isdigit() else v for k, v in (o.split("=") for o in FAST_OVERRIDES)}
     overrides["epochs"] = 1
     base = {"data_dir": str(tiny_data), "artifact_root": str(store), "overrides": overrides, "tolerance": 0.0}
+    (store / ".runs" / "killed-job").mkdir(parents=True)  # left by a worker killed mid-job
     first = retrain_job({**base, "job_id": "j1", "extra_interactions": {}})
+    assert not (store / ".runs" / "killed-job").exists()
     assert first["promoted"] and read_current(store) == first["model_version"]
     # fresh interactions, including a new user, are trained on; a negative tolerance rejects
     extra = {"new-user": ["0", "1", "2"], "0": ["5"]}

@@ -73,6 +73,12 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     parent = read_current(root)
     run_root = Path(spec.get("run_root") or root / ".runs")
     run_dir = run_root / job_id
+    # Only one retrain runs at a time (the service holds a lock), so any other run directory is
+    # the leftover of a job whose worker was killed before its cleanup ran.
+    if run_root.is_dir():
+        for stale in run_root.iterdir():
+            if stale.is_dir() and stale.name != job_id:
+                shutil.rmtree(stale, ignore_errors=True)
     try:
         result = train(dataset, cfg, run_dir, progress_bar=False, on_epoch=report)
         report({"stage": "exporting", "epoch": result.epochs_run})
