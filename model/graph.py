@@ -59,18 +59,13 @@ def build_interaction_graph(
 ) -> InteractionGraph:
     """users, items: (nnz,) int64 pairs of the training interactions, unique."""
     device = users.device
-    deg_u = torch.bincount(users, minlength=n_users).to(torch.float32)
     deg_i = torch.bincount(items, minlength=n_items).to(torch.float32)
-    inv_sqrt_u = deg_u.clamp_min(1).rsqrt()
-    inv_sqrt_i = deg_i.clamp_min(1).rsqrt()
-    w_user = inv_sqrt_u[users]  # 1/sqrt(|N_u|)
-    w_item = inv_sqrt_i[items]  # 1/sqrt(|N_i|)
-    user_mean = _sparse(users, items, w_user, (n_users, n_items))
-    item_mean = _sparse(items, users, w_item, (n_items, n_users))
+    user_mean, item_mean = mean_operators(users, items, n_users, n_items)
     if graph_norm == "paper":
         user_gnn, item_gnn = user_mean, item_mean
     elif graph_norm == "symmetric":
-        w = w_user * w_item
+        inv_sqrt_u = torch.bincount(users, minlength=n_users).to(torch.float32).clamp_min(1).rsqrt()
+        w = inv_sqrt_u[users] * deg_i.clamp_min(1).rsqrt()[items]  # 1/sqrt(|N_u| |N_i|)
         user_gnn = _sparse(users, items, w, (n_users, n_items))
         item_gnn = _sparse(items, users, w, (n_items, n_users))
     else:
