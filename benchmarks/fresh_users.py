@@ -71,6 +71,26 @@ def train_and_export(
     return Path(json.loads(proc.stdout)["artifact"])
 
 
+def export_run(run: Path, data: Path, store: Path) -> Path:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "export",
+        "--run",
+        str(run),
+        "--data",
+        str(data),
+        "--out",
+        str(store),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    return Path(json.loads(proc.stdout)["artifact"])
+
+
 def score(user_emb: np.ndarray, item_emb: np.ndarray, train, target) -> dict[str, float]:
     return rank_metrics(
         torch.as_tensor(user_emb, dtype=torch.float32),
@@ -90,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--out", default="benchmarks/results/fresh_users")
+    p.add_argument(
+        "--reference-run",
+        help="run directory already trained on the full data with the same config and seed "
+        "(e.g. a benchmarks.quality run): exported instead of training the reference again",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -62,3 +62,11 @@ def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data
     train = json.loads((out / "data-holdout" / "train.json").read_text())
     full = json.loads((tiny_data / "train.json").read_text())
     assert len(full) - len(train) == summary["held_out_users"]
+    # an existing full-data run can serve as the reference instead of training it again
+    rc = fresh_users.main(
+        ["--data", str(tiny_data), "--eval-split", str(tiny_data / "val.json"), "--out", str(tmp_path / "f2"),
+         "--reference-run", str(out / "run-full"), *FAST_OVERRIDES, "epochs=2"]
+    )
+    assert rc == 0
+    again = json.loads((tmp_path / "f2" / "results.json").read_text())["summary"]
+    assert again["recall@20"]["trained_normally"] == summary["recall@20"]["trained_normally"]
