@@ -518,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     p.add_argument("--workers", type=int, default=2, help="uvicorn workers (the deployed count)")
     p.add_argument("--phase", type=float, default=8.0, help="seconds of load before / during / after a fault")
+    p.add_argument(
+        "--fast-forward", action="store_true", help="worker_killed: fast-forward the heartbeat expiry"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     result: dict[str, Any] = {

@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks.serve import synth
 from benchmarks.serve.common import RESULTS, idle_warning, machine, percentiles_ms, table, write_result
-from benchmarks.serve.procs import ApiServer, RedisServer, api_env, metric, scrape
+from benchmarks.serve.procs import ApiServer, RedisServer, api_env, cpu_seconds, metric, scrape
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "recommend.lua"
@@ -309,8 +309,10 @@ def profile_warm(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--workers", type=int, default=1, help="uvicorn --workers of the measured server")
-    p.add_argument("--compare-workers", type=int, nargs="*", default=[2],
+    p.add_argument(
+        "--workers", type=int, default=2, help="uvicorn --workers of the measured server (deployed: 2)"
+    )
+    p.add_argument("--compare-workers", type=int, nargs="*", default=[1],
                    help="also run the warm scenario with these worker counts (deployment choice)")  # fmt: skip
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
@@ -359,10 +361,16 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in modes:
                     paths = sample_paths(server.url, mode, n_users, n_items) if mode != "mixed" else None
                     before = scrape(server.url) if workers == 1 else None
+                    pids = server.worker_pids()
+                    cpu0 = [cpu_seconds(pid) for pid in pids]
                     run = run_wrk(
                         server.url, mode, args.connections, args.threads, args.duration, n_users, n_items
                     )
                     run |= {"workers": workers, "sampled_paths": paths, "primed": primed}
+                    # how the load spread over the workers: CPU seconds each used during the run
+                    run["worker_cpu_s"] = [
+                        round(cpu_seconds(pid) - c, 2) for pid, c in zip(pids, cpu0, strict=True)
+                    ]
                     if before is not None:
                         after = scrape(server.url)
                         run["server_paths"] = {
@@ -376,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                     run["rss_mb"] = round(server.rss() / 2**20, 1)
                     runs.append(run)
                     print(f"  {mode:8s} workers={workers}: {run['rps']:8.1f} req/s  p50 {run['latency_ms']['p50']:.2f} "
-                          f"p99 {run['latency_ms']['p99']:.2f} ms  errors {run['error_total']}", flush=True)  # fmt: skip
+                          f"p99 {run['latency_ms']['p99']:.2f} ms  errors {run['error_total']}  "
+                          f"worker CPU s {run['worker_cpu_s']}", flush=True)  # fmt: skip
                 if workers == args.workers and args.profile:
                     result["profile"] = profile_warm(
                         server, RESULTS, args.profile, args.connections, n_users, n_items

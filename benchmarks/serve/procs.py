@@ -70,6 +70,15 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class Managed:
     """A child process with its own session and a log file."""
 
@@ -210,16 +219,37 @@ class ApiServer(Managed):
             if not self.alive():
                 raise RuntimeError(f"API exited early:\n{self.log_text()[-4000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200 and self._all_workers_up():
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"API not ready after {timeout}s:\n{self.log_text()[-4000:]}")
             time.sleep(0.1)
 
+    def _all_workers_up(self, tries: int = 40) -> bool:
+        """With several workers, /readyz answers as soon as ONE has started, and keep-alive connections
+        made then all stay on it. Each worker loads its own model: distinct ``loaded_at`` values in
+        /model answers (one new connection each) show how many are accepting."""
+        if self.workers == 1:
+            return True
+        seen = set()
+        for _ in range(tries):
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                seen.add(httpx.get(self.url + "/model", timeout=1).json()["loaded_at"])
+            if len(seen) >= self.workers:
+                return True
+        return False
+
     def worker_pids(self) -> list[int]:
-        """The processes serving requests: uvicorn's workers, or the one process with --workers 1."""
-        kids = descendants(self.pid)
-        return kids if self.workers > 1 else [self.pid]
+        """The processes serving requests: uvicorn's workers (spawned by multiprocessing, beside its
+        resource tracker), or the one process with --workers 1."""
+        if self.workers == 1:
+            return [self.pid]
+        out = []
+        for pid in descendants(self.pid):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+        return out
 
     def rss(self) -> int:
         return rss_bytes([self.pid, *descendants(self.pid)])

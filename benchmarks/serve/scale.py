@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--skip", nargs="*", default=[], choices=["flat", "ivf", "hnsw"])
+    p.add_argument("--index-cache", type=Path, default=None, help="keep built indexes here and reuse them")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     warning = idle_warning()
@@ -89,6 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     def build(config: IndexConfig) -> tuple[ItemIndex, dict[str, Any]]:
+        cache = None
+        if args.index_cache is not None:  # re-measure queries without rebuilding (build info kept)
+            args.index_cache.mkdir(parents=True, exist_ok=True)
+            key = f"{config.kind}-n{args.n}-d{args.dim}-m{config.hnsw_m}-efc{config.hnsw_ef_construction}"
+            cache = args.index_cache / key
+            if cache.with_suffix(".json").exists():
+                info = json.loads(cache.with_suffix(".json").read_text()) | {"from_cache": True}
+                faiss.omp_set_num_threads(1)
+                index = ItemIndex(
+                    faiss.read_index(str(cache.with_suffix(".faiss"))),
+                    config.kind,
+                    config.kind == "flat",
+                    config,
+                )
+                print(f"  loaded {config.kind} from {cache}: {info}", flush=True)
+                return index, info
         gc.collect()
         faiss.omp_set_num_threads(args.build_threads)
         rss0 = _rss()
@@ -101,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         info = {"build_s": round(seconds, 1), "build_threads": args.build_threads,
                 "rss_growth_mb": round((rss1 - rss0) / 2**20, 1), "index_bytes_mb": round(size / 2**20, 1)}  # fmt: skip
         print(f"  built {config.kind}: {info}", flush=True)
+        if cache is not None:
+            faiss.write_index(index.index, str(cache.with_suffix(".faiss")))
+            cache.with_suffix(".json").write_text(json.dumps(info))
         return index, info
 
     def record(name: str, index: ItemIndex, info: dict[str, Any], **setting: Any) -> None:
