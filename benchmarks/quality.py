@@ -17,7 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,7 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, out: Path) -> dic
     if args.config:
         train_cmd += ["--config", args.config]
     train_cmd += [f"seed={seed}", *VARIANTS[variant], *args.overrides]
-    t0 = time.perf_counter()
     _run(train_cmd, log)
-    wall = time.perf_counter() - t0
     eval_json = run_dir / "eval.json"
     _run(
         [
@@ -82,15 +79,21 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, out: Path) -> dic
         ],
         log,
     )
+    return collect(run_dir, variant, seed)
+
+
+def collect(run_dir: Path, variant: str, seed: int) -> dict[str, Any]:
+    """One finished run's record from its history.json and eval.json."""
     history = json.loads((run_dir / "history.json").read_text())
-    evaluated = json.loads(eval_json.read_text())
+    evaluated = json.loads((run_dir / "eval.json").read_text())
     return {
         "variant": variant,
         "seed": seed,
         "best_epoch": evaluated["epoch"],
         "epochs_run": len(history),
         "seconds_per_epoch": statistics.mean(h["train_seconds"] for h in history),
-        "total_seconds": round(wall, 1),
+        # training plus validation time, as logged by the trainer (no process start-up)
+        "total_seconds": round(sum(h["train_seconds"] + h.get("eval_seconds", 0.0) for h in history), 1),
         "peak_rss_mb": max(h["peak_rss_mb"] for h in history),
         "eval": {k: evaluated[k] for k in METRICS},
         "val_curve": [(h["epoch"], h["val"]["recall@20"]) for h in history if "val" in h],
@@ -162,12 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
     p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="no training: tabulate finished run directories named <variant>-seed<N> (with eval.json)",
+    )
     p.add_argument("overrides", nargs="*", help="extra key=value trainer overrides for every run")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for variant in args.variants:
+    if args.merge:
+        for run_dir in map(Path, args.merge):
+            variant, _, seed = run_dir.name.rpartition("-seed")
+            runs.append(collect(run_dir, variant, int(seed)))
+    for variant in [] if args.merge else args.variants:
         for seed in args.seeds:
             result = run_one(args, variant, seed, out)
             runs.append(result)

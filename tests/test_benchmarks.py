@@ -64,9 +64,58 @@ def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data
     assert len(full) - len(train) == summary["held_out_users"]
     # an existing full-data run can serve as the reference instead of training it again
     rc = fresh_users.main(
-        ["--data", str(tiny_data), "--eval-split", str(tiny_data / "val.json"), "--out", str(tmp_path / "f2"),
-         "--reference-run", str(out / "run-full"), *FAST_OVERRIDES, "epochs=2"]
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "val.json"),
+            "--out",
+            str(tmp_path / "f2"),
+            "--reference-run",
+            str(out / "run-full"),
+            *FAST_OVERRIDES,
+            "epochs=2",
+        ]
     )
     assert rc == 0
     again = json.loads((tmp_path / "f2" / "results.json").read_text())["summary"]
     assert again["recall@20"]["trained_normally"] == summary["recall@20"]["trained_normally"]
+
+
+def test_quality_merge_tabulates_finished_runs(tiny_data, tmp_path):
+    from benchmarks import quality
+
+    first = tmp_path / "a"
+    quality.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "val.json"),
+            "--seeds",
+            "4",
+            "--variants",
+            "no_gt",
+            "--out",
+            str(first),
+            *FAST_OVERRIDES,
+            "epochs=1",
+        ]
+    )
+    merged = tmp_path / "m"
+    rc = quality.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "val.json"),
+            "--out",
+            str(merged),
+            "--merge",
+            str(first / "runs" / "no_gt-seed4"),
+        ]
+    )
+    assert rc == 0
+    a = json.loads((first / "results.json").read_text())["summary"]["no_gt"]
+    b = json.loads((merged / "results.json").read_text())["summary"]["no_gt"]
+    assert a["recall@20"] == b["recall@20"] and b["seeds"] == [4]
