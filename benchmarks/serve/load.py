@@ -20,6 +20,7 @@ import collections
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,10 @@ def run_wrk(
     env = dict(os.environ, WRK_MODE=mode, N_USERS=str(n_users), N_ITEMS=str(n_items), K="20")
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "5s",
            "-s", str(LUA), url]  # fmt: skip
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
@@ -194,6 +198,7 @@ def run_wrk(
         "error_total": errors,
         "rps": round(raw["requests"] / seconds, 1),
         "latency_ms": {k: round(v / 1e3, 3) for k, v in lat.items()},
+        "wrk_cpu_s": round(wrk_cpu, 2),
         "command": " ".join(f"{k}={env[k]}" for k in ("WRK_MODE", "N_USERS", "N_ITEMS", "K"))
         + " "
         + " ".join(cmd),
@@ -363,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     before = scrape(server.url) if workers == 1 else None
                     pids = server.worker_pids()
                     cpu0 = [cpu_seconds(pid) for pid in pids]
+                    redis0 = cpu_seconds(redis.proc.pid) if redis.proc else 0.0
                     run = run_wrk(
                         server.url, mode, args.connections, args.threads, args.duration, n_users, n_items
                     )
@@ -371,6 +377,17 @@ def main(argv: list[str] | None = None) -> int:
                     run["worker_cpu_s"] = [
                         round(cpu_seconds(pid) - c, 2) for pid, c in zip(pids, cpu0, strict=True)
                     ]
+                    run["redis_cpu_s"] = round(
+                        (cpu_seconds(redis.proc.pid) if redis.proc else 0.0) - redis0, 2
+                    )
+                    # CPU per request whatever else the machine was doing (API, wrk, Redis), and the
+                    # throughput two otherwise idle cores would allow at that cost
+                    n = max(run["requests"], 1)
+                    api_ms = 1e3 * sum(run["worker_cpu_s"]) / n
+                    total_ms = api_ms + 1e3 * (run["wrk_cpu_s"] + run["redis_cpu_s"]) / n
+                    run["cpu_ms_per_request"] = {"api": round(api_ms, 3), "wrk": round(1e3 * run["wrk_cpu_s"] / n, 3),
+                                                 "redis": round(1e3 * run["redis_cpu_s"] / n, 3), "total": round(total_ms, 3)}  # fmt: skip
+                    run["rps_bound_2_idle_cores"] = round(2e3 / total_ms)
                     if before is not None:
                         after = scrape(server.url)
                         run["server_paths"] = {
@@ -385,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(run)
                     print(f"  {mode:8s} workers={workers}: {run['rps']:8.1f} req/s  p50 {run['latency_ms']['p50']:.2f} "
                           f"p99 {run['latency_ms']['p99']:.2f} ms  errors {run['error_total']}  "
-                          f"worker CPU s {run['worker_cpu_s']}", flush=True)  # fmt: skip
+                          f"worker CPU s {run['worker_cpu_s']}  CPU ms/req {run['cpu_ms_per_request']}", flush=True)  # fmt: skip
                 if workers == args.workers and args.profile:
                     result["profile"] = profile_warm(
                         server, RESULTS, args.profile, args.connections, n_users, n_items
@@ -407,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             ok.append(r["latency_ms"]["p99"] <= t["p99_ms"])
         verdict = "-" if not ok or r["connections"] != 16 else ("met" if all(ok) else "MISSED")
         rows.append([r["mode"], r["workers"], r["connections"], r["requests"], r["error_total"], r["rps"],
-                     r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["p99"], verdict])  # fmt: skip
+                     r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["p99"],
+                     r["cpu_ms_per_request"]["api"], r["cpu_ms_per_request"]["total"], verdict])  # fmt: skip
     print(
         table(
             [
@@ -420,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p50 ms",
                 "p95 ms",
                 "p99 ms",
+                "API CPU ms/req",
+                "all CPU ms/req",
                 "target",
             ],
             rows,
