@@ -208,19 +208,21 @@ def run_wrk(
 # ------------------------------------------------------------------------------ profile
 
 
-CATEGORIES = [  # checked from the leaf up, first match wins: "where the time goes"
+CATEGORIES = [  # "where the time goes": the first category found from the leaf up
     ("faiss index search", ("faiss/",)),
     ("user vector maths + top-k (numpy)", ("artifact/contract.py", "service/recommender.py")),
-    ("redis client", ("redis/",)),
+    ("redis client (incl. its socket writes)", ("redis/",)),
     ("threadpool hand-off (anyio, threading)", ("anyio/", "threading.py", "concurrent/futures")),
     ("pydantic validation", ("pydantic",)),
     ("json encoding", ("orjson", "json/")),
     ("prometheus metrics", ("prometheus_client",)),
     ("service code", ("service/",)),
     ("fastapi/starlette routing + middleware", ("fastapi/", "starlette/", "contextlib.py")),
-    ("uvicorn http protocol", ("uvicorn/protocols",)),
-    ("event loop (uvloop: socket I/O, scheduling)", ("asyncio/", "uvloop")),
+    ("uvicorn http protocol", ("uvicorn/protocols", "uvicorn/middleware")),
 ]
+# Only when no frame of the stack is in a category above: asyncio's stream and loop code is called
+# from the Redis client and uvicorn as well, and belongs to them there.
+FALLBACK = ("event loop (uvloop: epoll, callbacks, transports)", ("asyncio/", "uvloop"))
 
 
 def _category(frames: list[str]) -> str:
@@ -228,6 +230,8 @@ def _category(frames: list[str]) -> str:
         for name, keys in CATEGORIES:
             if any(k in frame for k in keys):
                 return name
+    if any(k in f for f in frames for k in FALLBACK[1]):
+        return FALLBACK[0]
     return "other"
 
 
