@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import time
@@ -269,6 +270,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         retrainer = Retrainer(s, store, manager, metrics)
         state.runtime = Runtime(s, metrics, store, manager, retrainer, Serving(s, manager, store, metrics))
+        # What exists now (modules, FastAPI's and pydantic's objects, the model) lives as long as the
+        # process: take it out of the cyclic GC's walks. A full collection over those ~100k objects
+        # stalled every request of the worker for 50-80 ms every few thousand requests (5-7 ms after).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
