@@ -130,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     art_hold = load_artifact(
         train_and_export(derived, out / "run-holdout", out / "store", args.config, args.seed, args.overrides)
     )
-    art_full = load_artifact(
-        train_and_export(
-            Path(args.data), out / "run-full", out / "store", args.config, args.seed, args.overrides
+    if args.reference_run:
+        art_full = load_artifact(export_run(Path(args.reference_run), Path(args.data), out / "store"))
+    else:
+        art_full = load_artifact(
+            train_and_export(
+                Path(args.data), out / "run-full", out / "store", args.config, args.seed, args.overrides
+            )
         )
-    )
     held_target = target.restrict_to_users(held)
 
     dim = art_hold.manifest.dim

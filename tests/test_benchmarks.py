@@ -80,6 +80,7 @@ def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data
     assert rc == 0
     again = json.loads((tmp_path / "f2" / "results.json").read_text())["summary"]
     assert again["recall@20"]["trained_normally"] == summary["recall@20"]["trained_normally"]
+    assert not (tmp_path / "f2" / "run-full").exists()  # the reference was exported, not retrained
 
 
 def test_quality_merge_tabulates_finished_runs(tiny_data, tmp_path):
