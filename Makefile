@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,serve,dev,bench]'
 	touch $@
 
 ## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT)
@@ -53,6 +53,21 @@ lock-docker: install
 ## Benchmarks (not tests): see docs/BENCHMARKS.md
 bench-train: install
 	$(BIN)/python -m training train --data $(TIKTOK) --config configs/tiktok.yaml --out runs/tiktok
+
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality --data $(TIKTOK) --eval-split $(TIKTOK)/val.json \
+		--config configs/tiktok.yaml --seeds 1 2 3 --variants full id_only no_asl no_cl no_gt
+
+bench-serve: install
+	$(BIN)/python -m benchmarks.serve.load
+	$(BIN)/python -m benchmarks.serve.faults
+	$(BIN)/python -m benchmarks.serve.hostile
+
+bench-scale: install
+	$(BIN)/python -m benchmarks.serve.scale
+
+soak: install
+	$(BIN)/python -m benchmarks.serve.soak
 
 clean:
 	rm -rf runs $(ARTIFACTS) $(DEMO_DATA) .pytest_cache .mypy_cache .ruff_cache
