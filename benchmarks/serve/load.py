@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         result["runs"] = runs
     finally:
         redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
     result["machine_at_end"] = machine()
 
     rows = []
@@ -461,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = write_result("serve_load", result, args.out)
     print(f"wrote {out}")
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -12,6 +12,7 @@ benchmarks/results/serve_soak.json (with the memory samples).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         load_result = load.stop()
         final_metrics = scrape(dep.api.url)
         rconn.close()
+    shutil.rmtree(work, ignore_errors=True)
     t = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples], dtype=np.float64)
     base_mask = (t >= args.warmup) & (t < args.warmup + args.window)
