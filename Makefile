@@ -59,6 +59,7 @@ bench-quality: install
 		--config configs/tiktok.yaml --seeds 1 2 3 --variants full id_only no_asl no_cl no_gt
 
 bench-serve: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.serve.load
 	$(BIN)/python -m benchmarks.serve.faults
 	$(BIN)/python -m benchmarks.serve.hostile
