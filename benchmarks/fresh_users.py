@@ -44,14 +44,22 @@ def derived_dataset(src: Path, dst: Path, holdout_users: set[int]) -> Path:
     return dst
 
 
+def _training_cli(*args: str) -> Path:
+    """Run ``python -m training ARGS`` and return the artifact path it prints."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    return Path(json.loads(proc.stdout)["artifact"])
+
+
 def train_and_export(
     data: Path, run: Path, store: Path, config: str | None, seed: int, overrides: list[str]
 ) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "training",
+    config_args = ["--config", config] if config else []
+    return _training_cli(
         "train",
         "--data",
         str(data),
@@ -60,35 +68,14 @@ def train_and_export(
         "--no-progress",
         "--export-to",
         str(store),
+        *config_args,
         f"seed={seed}",
         *overrides,
-    ]
-    if config:
-        cmd += ["--config", config]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    return Path(json.loads(proc.stdout)["artifact"])
+    )
 
 
 def export_run(run: Path, data: Path, store: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "training",
-        "export",
-        "--run",
-        str(run),
-        "--data",
-        str(data),
-        "--out",
-        str(store),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    return Path(json.loads(proc.stdout)["artifact"])
+    return _training_cli("export", "--run", str(run), "--data", str(data), "--out", str(store))
 
 
 def score(user_emb: np.ndarray, item_emb: np.ndarray, train, target) -> dict[str, float]:
