@@ -120,3 +120,38 @@ def test_quality_merge_tabulates_finished_runs(tiny_data, tmp_path):
     a = json.loads((first / "results.json").read_text())["summary"]["no_gt"]
     b = json.loads((merged / "results.json").read_text())["summary"]["no_gt"]
     assert a["recall@20"] == b["recall@20"] and b["seeds"] == [4]
+
+
+def test_decompose_parts_sum_to_the_model_score_and_full_matches_evaluate(tiny_data, trained_run):
+    import torch
+
+    from benchmarks import decompose
+    from training.data import load_split
+    from training.trainer import (
+        BEST,
+        TrainingState,
+        evaluate_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
+
+    dataset, _, run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / BEST)
+    model, views = model_from_checkpoint(ckpt, torch.device("cpu"))
+    state = TrainingState(dataset, model.config, torch.device("cpu"))
+    with torch.no_grad():
+        out = model(state.graph, state.item_raw, views)
+    parts = decompose.score_parts(out, model.config.omega)
+    full_u, full_i = parts.pop("full (Eq. 12)")
+    summed = sum(u @ i.T for u, i in parts.values())
+    torch.testing.assert_close(summed, full_u @ full_i.T, rtol=1e-4, atol=1e-4)
+
+    result = decompose.decompose(run_dir, tiny_data, tiny_data / "test.json")
+    reference = evaluate_checkpoint(run_dir / BEST, dataset, load_split(tiny_data / "test.json", dataset))
+    assert result["metrics"]["full (Eq. 12)"]["recall@20"] == reference["recall@20"]
+    assert set(result["metrics"]) == {
+        "full (Eq. 12)",
+        "collaborative e_u.e_i",
+        "modality c_u.c_i",
+        "cross e_u.c_i + c_u.e_i",
+    }

@@ -1,0 +1,116 @@
+"""Which part of Eq. 12 carries a trained model's ranking?
+
+    python -m benchmarks.decompose --run RUN --data ../shared/data/tiktok \
+        --eval-split ../shared/data/tiktok/val.json [--out decompose.json]
+
+The score h_u . h_i of Eq. 12 is the sum of three parts: the collaborative (ID/GNN) part
+e_hat_u . e_hat_i, the modality part c_u . c_i with c = omega * sum_m f^m / ||f^m||, and the cross
+terms e_hat_u . c_i + c_u . e_hat_i. This scores the run's best checkpoint on the evaluation split
+with the full score and with each part alone (same protocol as training: full ranking, training
+items masked), and reports the parts' typical magnitudes. A diagnostic for the quality benchmark,
+not a model variant: nothing is retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.data import load_dataset, load_split
+from training.evaluate import rank_metrics
+from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
+
+REPORTED = ("recall@20", "ndcg@20", "recall@50")
+
+
+def score_parts(out: Any, omega: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The parts of the Eq. 12 score as (user, item) factor pairs whose inner product is that part."""
+    content_u = omega * torch.stack([F.normalize(f, dim=1) for f in out.features.users]).sum(0)
+    content_i = omega * torch.stack([F.normalize(f, dim=1) for f in out.features.items]).sum(0)
+    id_u, id_i = out.user_id_side, out.item_id_side
+    return {
+        "full (Eq. 12)": (out.user, out.item),
+        "collaborative e_u.e_i": (id_u, id_i),
+        "modality c_u.c_i": (content_u, content_i),
+        "cross e_u.c_i + c_u.e_i": (torch.cat([id_u, content_u], 1), torch.cat([content_i, id_i], 1)),
+    }
+
+
+@torch.no_grad()
+def decompose(run: Path, data: Path, eval_split: Path) -> dict[str, Any]:
+    dataset = load_dataset(data)
+    target = load_split(eval_split, dataset)
+    ckpt = load_checkpoint(run / "best.pt")
+    model, views = model_from_checkpoint(ckpt, torch.device("cpu"))
+    if not model.modalities:
+        raise SystemExit(f"{run}: an ID-only model has no modality part to separate")
+    state = TrainingState(dataset, model.config, torch.device("cpu"))
+    out = model(state.graph, state.item_raw, views)
+    omega = model.config.omega
+    parts = score_parts(out, omega)
+    id_u, id_i = parts["collaborative e_u.e_i"]
+    content_u, content_i = parts["modality c_u.c_i"]
+    train = dataset.train
+    metrics = {
+        name: rank_metrics(u, i, train.indptr, train.indices, target.indptr, target.indices)
+        for name, (u, i) in parts.items()
+    }
+    # Spread of each part's scores over items for the evaluated users: a part whose scores barely
+    # vary across items cannot move a ranking however large its mean.
+    users = torch.nonzero(torch.as_tensor(target.indptr[1:] - target.indptr[:-1]) > 0).squeeze(1)[:1024]
+    spread = {name: float((u[users] @ i.T).std(dim=1).mean()) for name, (u, i) in parts.items()}
+    return {
+        "run": str(run),
+        "epoch": ckpt["epoch"],
+        "eval_split": str(eval_split),
+        "omega": omega,
+        "eta": model.config.eta,
+        "metrics": metrics,
+        "score_std_over_items": spread,
+        "norms": {
+            "e_hat_u": float(id_u.norm(dim=1).mean()),
+            "e_hat_i": float(id_i.norm(dim=1).mean()),
+            "c_u": float(content_u.norm(dim=1).mean()),
+            "c_i": float(content_i.norm(dim=1).mean()),
+        },
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['run']} (epoch {result['epoch']}, ω={result['omega']}, η={result['eta']}) "
+        f"on {result['eval_split']}",
+        "",
+        "| score | " + " | ".join(REPORTED) + " | score std over items |",
+        "|---|" + "---|" * (len(REPORTED) + 1),
+    ]
+    for name, m in result["metrics"].items():
+        values = " | ".join(f"{m[k]:.4f}" for k in REPORTED)
+        lines.append(f"| {name} | {values} | {result['score_std_over_items'][name]:.3f} |")
+    norms = ", ".join(f"{k} {v:.3f}" for k, v in result["norms"].items())
+    lines += ["", f"mean norms: {norms}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a training run directory (best.pt)")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--eval-split", required=True, type=Path)
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = decompose(args.run, args.data, args.eval_split)
+    print(markdown(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
