@@ -287,3 +287,32 @@ def test_config_precedence_and_types(tmp_path):
         load_config(None, ["epochs=1.5"])
     with pytest.raises(ConfigError, match="did you mean 'patience'"):
         load_config(None, ["patiance=3"])
+
+
+def test_adversarial_step_updates_d_once_and_l_g_reaches_only_the_generator(tiny_data):
+    import torch
+
+    from model import MMSSL
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views
+
+    dataset = load_dataset(tiny_data)
+    cfg = load_config(None, FAST_OVERRIDES)
+    torch.manual_seed(0)
+    mc = model_config_for(dataset, cfg.model)
+    model = MMSSL(mc).train()
+    state = TrainingState(dataset, mc, torch.device("cpu"))
+    views = refresh_views(model, state)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.discriminator.parameters()]
+    out = model(state.graph, state.item_raw, views)
+    loss_g, loss_d = adversarial_step(
+        model, out, state, state.active_users[:32], opt_d, cfg, torch.Generator().manual_seed(0)
+    )
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.discriminator.parameters(), strict=True))
+    assert all(p.requires_grad for p in model.discriminator.parameters())
+    opt_d.zero_grad(set_to_none=True)
+    loss_g.backward()
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projections.parameters())

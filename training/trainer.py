@@ -269,7 +269,13 @@ def adversarial_step(
     loss_d = loss_d / len(fake)
     loss_d.backward()
     opt_discriminator.step()
-    loss_g = sum(generator_loss(disc(f)) for f in fake) / len(fake)
+    # L_G trains the generator only: with D's parameters frozen while its graph is recorded, the
+    # model's backward skips D's weight gradients (they would be discarded by the next D step).
+    disc.requires_grad_(False)
+    try:
+        loss_g = sum(generator_loss(disc(f)) for f in fake) / len(fake)
+    finally:
+        disc.requires_grad_(True)
     return loss_g, float(loss_d.detach())
 
 
