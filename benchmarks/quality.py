@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,13 @@ def _run(cmd: list[str], log_path: Path) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail))
 
 
-def run_one(args: argparse.Namespace, variant: str, seed: int, out: Path) -> dict[str, Any]:
+def run_one(
+    args: argparse.Namespace, variant: str, seed: int, out: Path, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Train one run (``VARIANTS[variant]`` or the given overrides) and score it on ``--eval-split``.
+
+    ``args`` needs ``data``, ``eval_split``, ``config`` and ``overrides`` (for every run).
+    """
     run_dir = out / "runs" / f"{variant}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "log.txt"
@@ -59,7 +66,8 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, out: Path) -> dic
     ]
     if args.config:
         train_cmd += ["--config", args.config]
-    train_cmd += [f"seed={seed}", *VARIANTS[variant], *args.overrides]
+    own = VARIANTS[variant] if overrides is None else overrides
+    train_cmd += [f"seed={seed}", *args.overrides, *own]
     _run(train_cmd, log)
     eval_json = run_dir / "eval.json"
     _run(
@@ -98,6 +106,30 @@ def collect(run_dir: Path, variant: str, seed: int) -> dict[str, Any]:
         "eval": {k: evaluated[k] for k in METRICS},
         "val_curve": [(h["epoch"], h["val"]["recall@20"]) for h in history if "val" in h],
     }
+
+
+def run_many(
+    args: argparse.Namespace, jobs: list[tuple[str, int, list[str] | None]], out: Path
+) -> list[dict[str, Any]]:
+    """``run_one`` for every (name, seed, overrides), ``args.jobs`` training processes at a time.
+
+    Results come back in the order of ``jobs``. With several jobs, give each run fewer threads
+    (``num_threads=1``): the processes share the machine's cores.
+    """
+
+    def one(job: tuple[str, int, list[str] | None]) -> dict[str, Any]:
+        name, seed, overrides = job
+        result = run_one(args, name, seed, out, overrides)
+        print(
+            f"{name} seed {seed}: eval R@20 {result['eval']['recall@20']:.4f} "
+            f"N@20 {result['eval']['ndcg@20']:.4f} ({result['epochs_run']} epochs, "
+            f"{result['seconds_per_epoch']:.2f} s/epoch)",
+            flush=True,
+        )
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        return list(pool.map(one, jobs))
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -165,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
     p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time (default 1)")
     p.add_argument(
         "--merge",
         nargs="+",
@@ -180,16 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         for run_dir in map(Path, args.merge):
             variant, _, seed = run_dir.name.rpartition("-seed")
             runs.append(collect(run_dir, variant, int(seed)))
-    for variant in [] if args.merge else args.variants:
-        for seed in args.seeds:
-            result = run_one(args, variant, seed, out)
-            runs.append(result)
-            print(
-                f"{variant} seed {seed}: eval R@20 {result['eval']['recall@20']:.4f} "
-                f"N@20 {result['eval']['ndcg@20']:.4f} ({result['epochs_run']} epochs, "
-                f"{result['seconds_per_epoch']:.2f} s/epoch)",
-                flush=True,
-            )
+    if not args.merge:
+        jobs = [(variant, seed, None) for variant in args.variants for seed in args.seeds]
+        runs += run_many(args, jobs, out)
     table = summarise(runs)
     meta = {
         "command": " ".join([sys.executable, "-m", "benchmarks.quality", *(argv or sys.argv[1:])]),

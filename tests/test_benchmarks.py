@@ -155,3 +155,57 @@ def test_decompose_parts_sum_to_the_model_score_and_full_matches_evaluate(tiny_d
         "modality c_u.c_i",
         "cross e_u.c_i + c_u.e_i",
     }
+
+
+def test_sensitivity_sweep_shares_the_base_run_and_plots_each_setting(tiny_data, tmp_path):
+    from benchmarks import sensitivity
+
+    out = tmp_path / "s"
+    rc = sensitivity.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--eval-split",
+            str(tiny_data / "val.json"),
+            "--seeds",
+            "1",
+            "--jobs",
+            "2",
+            "--sweep",
+            "n_layers=1,2",
+            "--sweep",
+            "zeta=1.0,0",
+            "--out",
+            str(out),
+            *FAST_OVERRIDES,
+            "epochs=2",
+        ]
+    )
+    assert rc == 0
+    result = json.loads((out / "results.json").read_text())
+    # n_layers=2 and zeta=1.0 are the defaults: one shared "base" run, three trainings in all
+    assert sorted(r["variant"] for r in result["runs"]) == ["base", "n_layers=1", "zeta=0"]
+    assert result["points"]["n_layers"] == [["1", "n_layers=1"], ["2", "base"]]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "base-seed1",
+        "n_layers=1-seed1",
+        "zeta=0-seed1",
+    ]
+    one_layer = json.loads((out / "runs" / "n_layers=1-seed1" / "eval.json").read_text())
+    assert result["summary"]["n_layers=1"]["recall@20"] == one_layer["recall@20"]
+    assert "| 2 (base) |" in (out / "results.md").read_text()
+    assert (out / "sensitivity.png").stat().st_size > 1000
+
+
+def test_sensitivity_rejects_a_bad_sweep_before_training(tiny_data, tmp_path):
+    import argparse
+
+    import pytest
+
+    from benchmarks import sensitivity
+    from training.config import ConfigError
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        sensitivity.parse_sweep("n_layers")
+    with pytest.raises(ConfigError, match="n_layer"):
+        sensitivity.plan(None, [], [("n_layer", ["1"])])
