@@ -12,15 +12,13 @@ ranking here, no fusion weight can make them carry much of a recommender's ranki
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from benchmarks.common import emit, score
 from training.data import load_dataset, load_split
-from training.evaluate import rank_metrics
 
 REPORTED = ("recall@20", "ndcg@20")
 
@@ -43,15 +41,8 @@ def measure(data: Path, eval_split: Path) -> dict[str, Any]:
     target = load_split(eval_split, dataset)
     train = dataset.train
 
-    def score(user: np.ndarray, item: np.ndarray) -> dict[str, float]:
-        m = rank_metrics(
-            torch.as_tensor(user, dtype=torch.float32),
-            torch.as_tensor(item, dtype=torch.float32),
-            train.indptr,
-            train.indices,
-            target.indptr,
-            target.indices,
-        )
+    def ranked(user: np.ndarray, item: np.ndarray) -> dict[str, float]:
+        m = score(user, item, train, target)
         return {k: m[k] for k in REPORTED}
 
     feats = {name: np.asarray(f, dtype=np.float64) for name, f in sorted(dataset.features.items())}
@@ -59,13 +50,13 @@ def measure(data: Path, eval_split: Path) -> dict[str, Any]:
         feats["all (concatenated)"] = np.concatenate([_unit(f - f.mean(0)) for f in feats.values()], axis=1)
     results: dict[str, dict[str, float]] = {}
     for name, f in feats.items():
-        results[f"content cosine: {name}"] = score(
+        results[f"content cosine: {name}"] = ranked(
             content_profiles(train.indptr, train.indices, f), _unit(f - f.mean(0))
         )
     popularity = np.bincount(train.indices, minlength=dataset.n_items).astype(np.float64)
-    results["popularity"] = score(np.ones((dataset.n_users, 1)), popularity[:, None])
+    results["popularity"] = ranked(np.ones((dataset.n_users, 1)), popularity[:, None])
     rng = np.random.default_rng(0)
-    results["random"] = score(
+    results["random"] = ranked(
         rng.standard_normal((dataset.n_users, 32)), rng.standard_normal((dataset.n_items, 32))
     )
     return {"data": str(data), "eval_split": str(eval_split), "results": results}
@@ -85,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     args = p.parse_args(argv)
     result = measure(args.data, args.eval_split)
-    print(markdown(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(markdown(result), result, args.out)
     return 0
 
 

@@ -14,13 +14,13 @@ not a model variant: nothing is retrained.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import emit
 from training.data import load_dataset, load_split
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     result = decompose(args.run, args.data, args.eval_split)
-    print(markdown(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(markdown(result), result, args.out)
     return 0
 
 

@@ -22,11 +22,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from artifact.contract import load_artifact, user_vector
+from benchmarks.common import score
 from training.data import load_dataset, load_split
-from training.evaluate import rank_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,17 +75,6 @@ def train_and_export(
 
 def export_run(run: Path, data: Path, store: Path) -> Path:
     return _training_cli("export", "--run", str(run), "--data", str(data), "--out", str(store))
-
-
-def score(user_emb: np.ndarray, item_emb: np.ndarray, train, target) -> dict[str, float]:
-    return rank_metrics(
-        torch.as_tensor(user_emb, dtype=torch.float32),
-        torch.as_tensor(item_emb, dtype=torch.float32),
-        train.indptr,
-        train.indices,
-        target.indptr,
-        target.indices,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
