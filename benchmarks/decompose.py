@@ -28,6 +28,25 @@ from training.trainer import TrainingState, load_checkpoint, model_from_checkpoi
 REPORTED = ("recall@20", "ndcg@20", "recall@50")
 
 
+def view_hits(
+    topk_items: list[torch.Tensor], target: Any, modalities: list[str], n_items: int
+) -> dict[str, Any]:
+    """How often a user's Eq. 8 view neighbourhood N_u^m (top-k of Â^m) holds their eval items.
+
+    Per modality: the share of eval (user, item) pairs whose item is in the user's top-k view,
+    against k / n_items, the share a random k-item view would hold.
+    """
+    counts = torch.as_tensor(target.indptr[1:] - target.indptr[:-1])
+    users = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    items = torch.as_tensor(target.indices, dtype=torch.int64)
+    result: dict[str, Any] = {}
+    for name, top in zip(modalities, topk_items, strict=True):
+        k = top.shape[1]
+        hits = (top[users] == items[:, None]).any(dim=1)
+        result[name] = {"k": k, "eval_items_in_view": float(hits.float().mean()), "random_view": k / n_items}
+    return result
+
+
 def score_parts(out: Any, omega: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The parts of the Eq. 12 score as (user, item) factor pairs whose inner product is that part."""
     content_u = omega * torch.stack([F.normalize(f, dim=1) for f in out.features.users]).sum(0)
@@ -65,6 +84,7 @@ def decompose(run: Path, data: Path, eval_split: Path) -> dict[str, Any]:
     users = torch.nonzero(torch.as_tensor(target.indptr[1:] - target.indptr[:-1]) > 0).squeeze(1)[:1024]
     spread = {name: float((u[users] @ i.T).std(dim=1).mean()) for name, (u, i) in parts.items()}
     return {
+        "views": view_hits(ckpt["views_topk"], target, model.modalities, dataset.n_items),
         "run": str(run),
         "epoch": ckpt["epoch"],
         "eval_split": str(eval_split),
@@ -93,7 +113,12 @@ def markdown(result: dict[str, Any]) -> str:
         values = " | ".join(f"{m[k]:.4f}" for k in REPORTED)
         lines.append(f"| {name} | {values} | {result['score_std_over_items'][name]:.3f} |")
     norms = ", ".join(f"{k} {v:.3f}" for k, v in result["norms"].items())
-    lines += ["", f"mean norms: {norms}"]
+    lines += ["", f"mean norms: {norms}", ""]
+    for name, v in result["views"].items():
+        lines.append(
+            f"Eq. 8 view ({name}, top-{v['k']}): holds the eval item for {v['eval_items_in_view']:.2%} "
+            f"of eval pairs (a random {v['k']}-item view: {v['random_view']:.2%})"
+        )
     return "\n".join(lines)
 
 

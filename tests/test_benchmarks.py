@@ -251,3 +251,20 @@ def test_content_signal_reports_each_modality_popularity_and_random(tiny_data, t
     assert any(k.startswith("content cosine: all") for k in results)
     # the synthetic data plants item features that predict interactions: content beats random
     assert results["content cosine: all (concatenated)"]["recall@20"] > results["random"]["recall@20"]
+
+
+def test_view_hits_counts_eval_items_inside_each_users_view():
+    import numpy as np
+    import pytest
+    import torch
+
+    from benchmarks.decompose import view_hits
+
+    class Split:  # CSR over users: user 0 -> [4], user 1 -> [], user 2 -> [0, 7]
+        indptr = np.array([0, 1, 1, 3])
+        indices = np.array([4, 0, 7])
+
+    top = torch.tensor([[4, 5], [1, 2], [7, 3]])  # user 0 holds 4 (hit), user 2 holds 7 not 0
+    got = view_hits([top], Split(), ["image"], n_items=10)
+    assert got["image"]["k"] == 2 and got["image"]["random_view"] == 0.2
+    assert got["image"]["eval_items_in_view"] == pytest.approx(2 / 3)
