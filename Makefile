@@ -7,8 +7,10 @@ ARTIFACTS ?= artifacts
 PORT ?= 8000
 ADMIN_TOKEN ?= demo-token
 TIKTOK ?= ../shared/data/tiktok
+# The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
+EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-serve bench-scale soak clean
+.PHONY: install demo serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -55,8 +57,14 @@ bench-train: install
 	$(BIN)/python -m training train --data $(TIKTOK) --config configs/tiktok.yaml --out runs/tiktok
 
 bench-quality: install
-	$(BIN)/python -m benchmarks.quality --data $(TIKTOK) --eval-split $(TIKTOK)/val.json \
-		--config configs/tiktok.yaml --seeds 1 2 3 --variants full id_only no_asl no_cl no_gt
+	$(BIN)/python -m benchmarks.quality --data $(TIKTOK) --eval-split $(EVAL) --config configs/tiktok.yaml \
+		--seeds 1 2 3 --variants full id_only no_asl no_cl no_gt --jobs 2 num_threads=1
+	$(BIN)/python -m benchmarks.content_signal --data $(TIKTOK) --eval-split $(EVAL)
+
+bench-sensitivity: install
+	$(BIN)/python -m benchmarks.sensitivity --data $(TIKTOK) --eval-split $(EVAL) --config configs/tiktok.yaml \
+		--seeds 1 --jobs 2 --sweep n_layers=1,2,3 --sweep zeta=0,1,100 --sweep cl_temperature=0.2,0.5,1.0 \
+		--sweep embed_dim=32,64 num_threads=1
 
 bench-serve: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
