@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import emit
+from model.graph import observed_rows
+from model.losses import gumbel_transform
 from training.data import load_dataset, load_split
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
@@ -45,6 +47,18 @@ def view_hits(
         hits = (top[users] == items[:, None]).any(dim=1)
         result[name] = {"k": k, "eval_items_in_view": float(hits.float().mean()), "random_view": k / n_items}
     return result
+
+
+def gumbel_observed_mass(state: Any, users: torch.Tensor, tau: float, seed: int = 0) -> float:
+    """Mean share of a transformed row's mass (Eq. 5's Gumbel-softmax of A[u, :]) on u's observed items.
+
+    At a small τ the softmax is close to one-hot at argmax_i(A[u, i] + g_i): an observed item only
+    when its +1 beats the largest Gumbel draw among all |I| items, so the "real" rows fed to the
+    discriminator say little about A. ``users`` should have training items.
+    """
+    observed = observed_rows(state.graph, users, state.n_items)
+    transformed = gumbel_transform(observed, tau, torch.Generator().manual_seed(seed))
+    return float((transformed * observed).sum(dim=1).mean())
 
 
 def score_parts(out: Any, omega: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -83,7 +97,13 @@ def decompose(run: Path, data: Path, eval_split: Path) -> dict[str, Any]:
     # vary across items cannot move a ranking however large its mean.
     users = torch.nonzero(torch.as_tensor(target.indptr[1:] - target.indptr[:-1]) > 0).squeeze(1)[:1024]
     spread = {name: float((u[users] @ i.T).std(dim=1).mean()) for name, (u, i) in parts.items()}
+    active = state.active_users[:2048]
     return {
+        "gumbel": {
+            "tau": model.config.gumbel_tau,
+            "mass_on_observed_items": gumbel_observed_mass(state, active, model.config.gumbel_tau),
+            "observed_share_of_row": float(observed_rows(state.graph, active, state.n_items).mean()),
+        },
         "views": view_hits(ckpt["views_topk"], target, model.modalities, dataset.n_items),
         "run": str(run),
         "epoch": ckpt["epoch"],
@@ -114,6 +134,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {values} | {result['score_std_over_items'][name]:.3f} |")
     norms = ", ".join(f"{k} {v:.3f}" for k, v in result["norms"].items())
     lines += ["", f"mean norms: {norms}", ""]
+    g = result["gumbel"]
+    lines.append(
+        f"Eq. 5 at τ={g['tau']}: {g['mass_on_observed_items']:.2%} of a transformed row's mass is on the "
+        f"user's observed items (they are {g['observed_share_of_row']:.2%} of the row)"
+    )
     for name, v in result["views"].items():
         lines.append(
             f"Eq. 8 view ({name}, top-{v['k']}): holds the eval item for {v['eval_items_in_view']:.2%} "

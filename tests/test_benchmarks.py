@@ -268,3 +268,29 @@ def test_view_hits_counts_eval_items_inside_each_users_view():
     got = view_hits([top], Split(), ["image"], n_items=10)
     assert got["image"]["k"] == 2 and got["image"]["random_view"] == 0.2
     assert got["image"]["eval_items_in_view"] == pytest.approx(2 / 3)
+
+
+def test_gumbel_observed_mass_follows_the_gumbel_max_probability(tiny_data):
+    import math
+
+    import numpy as np
+    import torch
+
+    from benchmarks.decompose import gumbel_observed_mass
+    from model.config import MMSSLConfig
+    from training.data import load_dataset
+    from training.trainer import TrainingState
+
+    dataset = load_dataset(tiny_data)
+    config = MMSSLConfig(n_users=dataset.n_users, n_items=dataset.n_items, modality_dims={})
+    state = TrainingState(dataset, config, torch.device("cpu"))
+    users = state.active_users
+    # At τ -> 0 the row is one-hot at argmax(A + g): an observed item with probability
+    # n e / (n e + |I| - n) for a user with n observed items (Gumbel-max trick).
+    n = np.diff(dataset.train.indptr)[users.numpy()]
+    expected = float(np.mean(n * math.e / (n * math.e + dataset.n_items - n)))
+    draws = [gumbel_observed_mass(state, users, tau=1e-4, seed=s) for s in range(20)]
+    assert abs(float(np.mean(draws)) - expected) < 0.03
+    # a large τ makes the row uniform: the observed items hold n / |I| of it
+    flat = gumbel_observed_mass(state, users, tau=1e3)
+    assert abs(flat - float(np.mean(n / dataset.n_items))) < 0.01
