@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality import run_many
+from benchmarks.quality import run_many, summarise
 from training.config import load_config
-
-REPORTED = ("recall@20", "ndcg@20")
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
@@ -114,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = plan(args.config, args.overrides, args.sweep)
     jobs = [(name, seed, extra) for name, extra in todo["runs"].items() for seed in args.seeds]
     runs = run_many(args, jobs, out)
-    by_name: dict[str, dict[str, Any]] = {}
-    for name in todo["runs"]:
-        rs = [r for r in runs if r["variant"] == name]
-        by_name[name] = {k: statistics.mean(r["eval"][k] for r in rs) for k in REPORTED}
-        by_name[name]["best_epoch"] = statistics.mean(r["best_epoch"] for r in rs)
-        by_name[name]["seconds_per_epoch"] = statistics.mean(r["seconds_per_epoch"] for r in rs)
+    by_name = summarise(runs)  # per run name: means (and stds) over its seeds
     result = {
         "command": " ".join([sys.executable, "-m", "benchmarks.sensitivity", *(argv or sys.argv[1:])]),
         "points": todo["points"],
