@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import add_run_arguments
+
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "id_only": ["id_only=true"],
@@ -189,22 +191,14 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument(
-        "--eval-split", required=True, help="split file to score (e.g. DATA/val.json or a held-out test.json)"
-    )
-    p.add_argument("--config")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    add_run_arguments(p, seeds=[1, 2, 3], out="benchmarks/results/quality")
     p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
-    p.add_argument("--out", default="benchmarks/results/quality")
-    p.add_argument("--jobs", type=int, default=1, help="training runs at a time (default 1)")
     p.add_argument(
         "--merge",
         nargs="+",
         metavar="RUN_DIR",
         help="no training: tabulate finished run directories named <variant>-seed<N> (with eval.json)",
     )
-    p.add_argument("overrides", nargs="*", help="extra key=value trainer overrides for every run")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import add_run_arguments
 from benchmarks.quality import run_many, summarise
 from training.config import load_config
 
@@ -93,18 +94,10 @@ def plot(points: dict[str, list[tuple[str, str]]], by_name: dict[str, dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument(
-        "--eval-split", required=True, help="split file to score (e.g. DATA/val.json or a test.json)"
-    )
-    p.add_argument("--config")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    add_run_arguments(p, seeds=[1], out="benchmarks/results/sensitivity")
     p.add_argument(
         "--sweep", type=parse_sweep, action="append", required=True, help="key=v1,v2,... (repeatable)"
     )
-    p.add_argument("--jobs", type=int, default=1, help="training runs at a time (default 1)")
-    p.add_argument("--out", default="benchmarks/results/sensitivity")
-    p.add_argument("overrides", nargs="*", help="key=value trainer overrides for every run")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
