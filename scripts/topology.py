@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,11 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: the repository's packages are not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.serve.procs import descendants, free_port  # noqa: E402
+
 ADMIN_TOKEN = "topology-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Tiny and fast: the first model and every retrain (a few seconds each on 2 cores).
@@ -60,34 +64,6 @@ RQ_HEARTBEAT_GRACE_S = 60  # RQ adds this to every heartbeat TTL (rq.worker.Base
 
 class TopologyError(RuntimeError):
     """A process of the topology did not start or a step timed out; the message has the log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc). RQ's work-horse calls setpgrp(), so killing the
-    worker's process group would miss it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:

@@ -1,13 +1,14 @@
-"""Fixtures of the service tests: artifact stores, apps, the shared Redis and throwaway ones."""
+"""Fixtures of the service tests: artifact stores, apps, the shared Redis and throwaway ones.
+
+The private redis-server and ``free_port`` come from benchmarks.serve.procs (also re-exported here
+for the tests), so the tests and the serving benchmarks start processes the same way.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,10 @@ with warnings.catch_warnings():  # "use httpx2" notice of recent Starlette; http
     from fastapi.testclient import TestClient  # noqa: E402
 
 import svc_artifacts  # noqa: E402
+
+from benchmarks.serve.procs import RedisServer, free_port  # noqa: E402
+
+__all__ = ["free_port"]
 
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -132,51 +137,12 @@ def redis_settings(shared_redis: dict[str, Any]) -> dict[str, Any]:
     return {"redis_url": shared_redis["url"], "redis_prefix": prefix, "retrain_queue": f"{prefix}-retrain"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThrowawayRedis:
-    """A private redis-server (never the shared one) that a test may stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--bind", "127.0.0.1"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        conn = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                conn.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        conn.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
-def throwaway_redis() -> Iterator[ThrowawayRedis]:
+def throwaway_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (never the shared one) that a test may stop and start again."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = ThrowawayRedis()
+    server = RedisServer(tmp_path)
     server.start()
     yield server
     server.stop()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import redis
 import svc_artifacts
-from conftest import ThrowawayRedis
 from fastapi.testclient import TestClient
 
 from artifact import contract
+from benchmarks.serve.procs import RedisServer
 from service.metrics import Metrics
 from service.store import EmbeddedStore, FailOpenStore, RedisStore, Store
 
@@ -137,7 +137,7 @@ def test_store_never_serves_a_vector_computed_before_new_interactions(
 
 
 def test_redis_stopped_mid_test_still_serves(
-    make_client: Callable[..., TestClient], artifact_path: Path, throwaway_redis: ThrowawayRedis
+    make_client: Callable[..., TestClient], artifact_path: Path, throwaway_redis: RedisServer
 ) -> None:
     client = make_client(redis_url=throwaway_redis.url, redis_retry_s=0.2, redis_timeout_s=0.2)
     artifact = contract.load_artifact(artifact_path)
