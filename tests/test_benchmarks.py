@@ -7,26 +7,28 @@ import json
 from tests.conftest import FAST_OVERRIDES
 
 
+def _argv(data, split: str, out, *options: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """A benchmark's command line: data folder, the split of it to score, options, output, then the
+    trainer overrides (after ``--out``, so that no list-valued option such as --seeds swallows them)."""
+    return ["--data", str(data), "--eval-split", str(data / split), *options, "--out", str(out), *overrides]
+
+
 def test_quality_benchmark_writes_table_json_and_plot(tiny_data, tmp_path):
     from benchmarks import quality
 
     out = tmp_path / "q"
     rc = quality.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "test.json"),
+        _argv(
+            tiny_data,
+            "test.json",
+            out,
             "--seeds",
             "1",
             "--variants",
             "full",
             "id_only",
-            "--out",
-            str(out),
-            *FAST_OVERRIDES,
-            "epochs=2",
-        ]
+            overrides=(*FAST_OVERRIDES, "epochs=2"),
+        )
     )
     assert rc == 0
     result = json.loads((out / "results.json").read_text())
@@ -43,16 +45,12 @@ def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data
 
     out = tmp_path / "f"
     rc = fresh_users.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "val.json"),
-            "--out",
-            str(out),
-            *FAST_OVERRIDES,
-            "epochs=2",
-        ]
+        _argv(
+            tiny_data,
+            "val.json",
+            out,
+            overrides=(*FAST_OVERRIDES, "epochs=2"),
+        )
     )
     assert rc == 0
     summary = json.loads((out / "results.json").read_text())["summary"]
@@ -64,18 +62,14 @@ def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data
     assert len(full) - len(train) == summary["held_out_users"]
     # an existing full-data run can serve as the reference instead of training it again
     rc = fresh_users.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "val.json"),
-            "--out",
-            str(tmp_path / "f2"),
+        _argv(
+            tiny_data,
+            "val.json",
+            tmp_path / "f2",
             "--reference-run",
             str(out / "run-full"),
-            *FAST_OVERRIDES,
-            "epochs=2",
-        ]
+            overrides=(*FAST_OVERRIDES, "epochs=2"),
+        )
     )
     assert rc == 0
     again = json.loads((tmp_path / "f2" / "results.json").read_text())["summary"]
@@ -88,34 +82,19 @@ def test_quality_merge_tabulates_finished_runs(tiny_data, tmp_path):
 
     first = tmp_path / "a"
     quality.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "val.json"),
+        _argv(
+            tiny_data,
+            "val.json",
+            first,
             "--seeds",
             "4",
             "--variants",
             "no_gt",
-            "--out",
-            str(first),
-            *FAST_OVERRIDES,
-            "epochs=1",
-        ]
+            overrides=(*FAST_OVERRIDES, "epochs=1"),
+        )
     )
     merged = tmp_path / "m"
-    rc = quality.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "val.json"),
-            "--out",
-            str(merged),
-            "--merge",
-            str(first / "runs" / "no_gt-seed4"),
-        ]
-    )
+    rc = quality.main(_argv(tiny_data, "val.json", merged, "--merge", str(first / "runs" / "no_gt-seed4")))
     assert rc == 0
     a = json.loads((first / "results.json").read_text())["summary"]["no_gt"]
     b = json.loads((merged / "results.json").read_text())["summary"]["no_gt"]
@@ -162,11 +141,10 @@ def test_sensitivity_sweep_shares_the_base_run_and_plots_each_setting(tiny_data,
 
     out = tmp_path / "s"
     rc = sensitivity.main(
-        [
-            "--data",
-            str(tiny_data),
-            "--eval-split",
-            str(tiny_data / "val.json"),
+        _argv(
+            tiny_data,
+            "val.json",
+            out,
             "--seeds",
             "1",
             "--jobs",
@@ -175,11 +153,8 @@ def test_sensitivity_sweep_shares_the_base_run_and_plots_each_setting(tiny_data,
             "n_layers=1,2",
             "--sweep",
             "zeta=1.0,0",
-            "--out",
-            str(out),
-            *FAST_OVERRIDES,
-            "epochs=2",
-        ]
+            overrides=(*FAST_OVERRIDES, "epochs=2"),
+        )
     )
     assert rc == 0
     result = json.loads((out / "results.json").read_text())
@@ -233,19 +208,7 @@ def test_content_profiles_match_a_per_user_loop():
 def test_content_signal_reports_each_modality_popularity_and_random(tiny_data, tmp_path):
     from benchmarks import content_signal
 
-    assert (
-        content_signal.main(
-            [
-                "--data",
-                str(tiny_data),
-                "--eval-split",
-                str(tiny_data / "val.json"),
-                "--out",
-                str(tmp_path / "c.json"),
-            ]
-        )
-        == 0
-    )
+    assert content_signal.main(_argv(tiny_data, "val.json", tmp_path / "c.json")) == 0
     results = json.loads((tmp_path / "c.json").read_text())["results"]
     assert "popularity" in results and "random" in results
     assert any(k.startswith("content cosine: all") for k in results)
