@@ -64,7 +64,7 @@ bench-quality: install
 bench-sensitivity: install
 	$(BIN)/python -m benchmarks.sensitivity --data $(TIKTOK) --eval-split $(EVAL) --config configs/tiktok.yaml \
 		--seeds 1 --jobs 2 --sweep n_layers=1,2,3 --sweep zeta=0,1,100 --sweep cl_temperature=0.2,0.5,1.0 \
-		--sweep embed_dim=32,64 num_threads=1
+		--sweep embed_dim=32,64,128 num_threads=1
 
 bench-serve: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
