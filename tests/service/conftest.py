@@ -1,7 +1,7 @@
 """Fixtures of the service tests: artifact stores, apps, the shared Redis and throwaway ones.
 
-The private redis-server and ``free_port`` come from benchmarks.serve.procs (also re-exported here
-for the tests), so the tests and the serving benchmarks start processes the same way.
+The private redis-server comes from benchmarks.serve.procs, so the tests and the serving benchmarks
+start processes the same way.
 """
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ with warnings.catch_warnings():  # "use httpx2" notice of recent Starlette; http
 
 import svc_artifacts  # noqa: E402
 
-from benchmarks.serve.procs import RedisServer, free_port  # noqa: E402
-
-__all__ = ["free_port"]
-
+from benchmarks.serve.procs import RedisServer  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 

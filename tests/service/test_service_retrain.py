@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import HERE, REPO_ROOT, free_port, subprocess_env
+from conftest import HERE, REPO_ROOT, subprocess_env
 from fastapi.testclient import TestClient
 
 from artifact import contract
+from benchmarks.serve.procs import free_port
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
