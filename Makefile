@@ -3,6 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+DEMO_USERS ?= 600
+DEMO_ITEMS ?= 400
+# Epochs of the demo run and of its retrains; empty = configs/demo.yaml's (make demo DEMO_EPOCHS=3).
+DEMO_EPOCHS ?=
 ARTIFACTS ?= artifacts
 PORT ?= 8000
 ADMIN_TOKEN ?= demo-token
@@ -10,7 +15,7 @@ TIKTOK ?= ../shared/data/tiktok
 # The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
 EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
+.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -20,20 +25,36 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[train,serve,dev,bench]'
 	touch $@
 
-## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT)
+## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT).
+## A second run serves what $(ARTIFACTS)/CURRENT names (the last promoted model, a retrained one
+## included) and trains nothing; `make demo-reset` trains from scratch and promotes that model.
+define demo_train
+	$(BIN)/python -m training synth --out $(DEMO_DATA) --users $(DEMO_USERS) --items $(DEMO_ITEMS) --seed 0
+	$(BIN)/python -m training train --data $(DEMO_DATA) --config configs/demo.yaml --out $(DEMO_RUN) \
+		--no-progress --export-to $(ARTIFACTS) --promote $(1) $(if $(DEMO_EPOCHS),epochs=$(DEMO_EPOCHS))
+endef
+
+# A quiet stop: scripts/serve.py exits 0 on Ctrl-C / SIGTERM, `exec` leaves no shell in between to
+# die of the signal, and demo inlines this (a sub-make dying of it makes make print "Interrupt").
+SERVE = exec env ARTIFACT_ROOT=$(ARTIFACTS) RETRAIN_DATA_DIR=$(DEMO_DATA) RETRAIN_CONFIG=configs/demo.yaml \
+	$(if $(DEMO_EPOCHS),RETRAIN_OVERRIDES='{"epochs": $(DEMO_EPOCHS)}') ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/python scripts/serve.py --port $(PORT)
+
 demo: install
-	$(BIN)/python -m training synth --out $(DEMO_DATA) --users 600 --items 400 --seed 0
-	$(BIN)/python -m training train --data $(DEMO_DATA) --config configs/demo.yaml --out runs/demo \
-		--no-progress --export-to $(ARTIFACTS) --promote
-	$(MAKE) serve
+	$(call demo_train,--keep-current)
+	$(SERVE)
+
+demo-reset: install
+	rm -rf $(DEMO_RUN)
+	$(call demo_train,)
+	$(SERVE)
 
 serve: install
-	ARTIFACT_ROOT=$(ARTIFACTS) RETRAIN_DATA_DIR=$(DEMO_DATA) RETRAIN_CONFIG=configs/demo.yaml \
-	ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/uvicorn service.app:app --host 127.0.0.1 --port $(PORT)
+	$(SERVE)
 
-## Lint, type-check and the whole test suite (what CI runs)
+## Lint, type-check and the whole test suite (what CI runs). The Redis tests use the server on
+## 127.0.0.1:6379 (TEST_REDIS_URL), or else a private redis-server that scripts/with_redis.py starts.
 test: install lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python scripts/with_redis.py -- $(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .

@@ -33,7 +33,49 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kept_current(store: str, data: str) -> dict[str, Any] | None:
+    """``train --keep-current``: the model the store's ``CURRENT`` names, or None when it names none.
+
+    That model may be newer than anything this run directory holds (``POST /retrain`` promotes into
+    the same store), so exporting the run's best checkpoint over it would silently roll it back.
+    """
+    from artifact.contract import ArtifactError, read_current, read_manifest
+    from training.data import load_dataset
+
+    version = read_current(store)
+    if version is None:
+        return None
+    manifest = read_manifest(Path(store) / version)
+    n_items = load_dataset(data).n_items
+    if manifest.n_items != n_items:
+        raise ArtifactError(
+            f"{store}/CURRENT: {version} has {manifest.n_items} items but {data} has {n_items}: "
+            "it was trained on other data (start from scratch: make demo-reset)"
+        )
+    job = manifest.notes.get("job_id")
+    origin = f"promoted by retrain job {job}" if job else "exported by python -m training"
+    recall = manifest.val_recall20()
+    log.info(
+        "%s/CURRENT names %s (%s, created %s, val recall@20 %s): serving it as it is, nothing trained; "
+        "to train from scratch run make demo-reset",
+        store,
+        version,
+        origin,
+        manifest.created_at,
+        "n/a" if recall is None else f"{recall:.4f}",
+    )
+    return {"artifact": str(Path(store) / version), "version": version, "kept_current": True}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.keep_current:
+        if not (args.export_to and args.promote):
+            raise ValueError("--keep-current needs --export-to STORE --promote")
+        kept = _kept_current(args.export_to, args.data)
+        if kept is not None:
+            print(json.dumps(kept, indent=1))
+            return 0
+
     from training.config import load_config
     from training.data import load_dataset
     from training.trainer import BEST, train
@@ -125,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--export-to", help="export the best checkpoint into this artifact store")
     t.add_argument("--promote", action="store_true", help="with --export-to: make it CURRENT")
+    t.add_argument(
+        "--keep-current",
+        action="store_true",
+        help="with --export-to --promote: if the store already names a CURRENT model, keep serving "
+        "it and train nothing (make demo's second run)",
+    )
     t.add_argument("overrides", nargs="*", help="key=value or model.key=value / train.key=value")
     t.set_defaults(func=_cmd_train)
 
