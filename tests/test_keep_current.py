@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from artifact.contract import list_versions, read_current, read_manifest, set_current
 from tests.conftest import FAST_OVERRIDES
 
@@ -81,3 +83,24 @@ def test_keep_current_needs_a_store_to_promote_into(tiny_data, tmp_path):
     res = cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--keep-current")
     assert res.returncode == 2 and "error: --keep-current needs --export-to STORE --promote" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_make_demo_keeps_current_and_only_demo_reset_trains_from_scratch(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed (.ci/run installs it)")
+    args = ["make", "-n", "--no-print-directory", "-o", str(Path(sys.prefix) / ".installed"),
+            f"VENV={sys.prefix}", f"DEMO_RUN={tmp_path / 'run'}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def recipe(target: str) -> list[str]:
+        out = subprocess.run([*args, target], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()
+
+    demo, reset = recipe("demo"), recipe("demo-reset")
+    train = [ln for ln in demo if " -m training train " in ln]
+    assert len(train) == 1 and "--keep-current" in train[0] and "--promote" in train[0]
+    assert not any(ln.startswith("rm ") for ln in demo)
+    train = [ln for ln in reset if " -m training train " in ln]
+    assert len(train) == 1 and "--keep-current" not in train[0] and "--promote" in train[0]
+    assert reset[0] == f"rm -rf {tmp_path / 'run'}"
+    assert demo[-1] == reset[-1] and demo[-1].startswith("exec env ") and "scripts/serve.py" in demo[-1]
