@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.body import StrictJsonMiddleware
 from service.errors import (
     ModelNotReadyError,
     RetrainDisabledError,
@@ -120,7 +121,8 @@ async def require_admin(
 # Every status a route can answer is in the OpenAPI schema (422 is added by FastAPI).
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
-        400: "The body is not valid JSON.",
+        400: "The body is not valid UTF-8 JSON.",
+        408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
         401: "Missing or wrong admin token.",
         403: "Retraining is disabled (no ADMIN_TOKEN on this server).",
         404: "No such retrain job.",
@@ -287,6 +289,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MMSSL recommendation service", version="1.0", lifespan=lifespan)
     app.state.mmssl = state
     install_error_handlers(app)
+
+    def read_timeout() -> float | None:
+        rt = state.runtime
+        return rt.settings.body_read_timeout_s if rt else None
+
+    # innermost: it reads the body through the size limit below it, and every route is behind it
+    app.add_middleware(StrictJsonMiddleware, read_timeout_s=read_timeout)
     app.add_middleware(BodyLimitMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Longest item list in a request (interactions, exclude_items, items)."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body not fully received this long after its headers gets 408.",
+    )
 
     # Redis: cache and fresh-interaction store
     redis_url: str | None = Field(
