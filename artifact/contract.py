@@ -436,7 +436,12 @@ def set_current(root: Path | str, version: str) -> None:
     """Point the store at ``version`` (atomic rename). The version must exist and verify."""
     root = Path(root)
     check_version_name(version)
-    load_artifact(root / version)  # refuse to point at a broken artifact
+    artifact = load_artifact(root / version)  # refuse to point at a broken artifact
+    if artifact.manifest.model_version != version:  # replicas would reload it on every poll
+        raise ArtifactError(
+            f"{root / version}: folder name {version!r} and the manifest's model_version "
+            f"{artifact.manifest.model_version!r} disagree"
+        )
     fd, tmp = tempfile.mkstemp(prefix=".current-", dir=root)
     os.fchmod(fd, 0o644)  # mkstemp makes it 0600: replicas running as another user must read it
     with os.fdopen(fd, "w") as fh:

@@ -330,7 +330,8 @@ class FailOpenStore(Store):
             kept = await self.inner.add_interactions(user_id, items, timestamps)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("add_interactions", exc)
-            raise StoreUnavailableError(f"cannot record interactions: Redis is unavailable ({exc})") from exc
+            log.warning("cannot record interactions", extra={"error": repr(exc)})
+            raise StoreUnavailableError("cannot record interactions: Redis is unavailable") from exc
         self._recovered()
         return kept
 
@@ -340,7 +341,7 @@ class FailOpenStore(Store):
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("fresh_snapshot", exc)
             raise StoreUnavailableError(
-                f"cannot read the fresh interactions for the retrain: Redis is unavailable ({exc})"
+                "cannot read the fresh interactions for the retrain: Redis is unavailable"
             ) from exc
 
     async def healthy(self) -> bool:
