@@ -4,7 +4,8 @@ With Redis the job goes to an RQ queue served by ``python -m service.worker`` (t
 imports the trainer, hence torch); without Redis it runs in a subprocess of the API process
 (``python -m service.jobrunner``). Either way the job is ``RETRAIN_JOB_FUNC(spec) -> result``
 (``training.jobs.retrain_job``): it trains on the dataset plus the fresh interactions recorded here,
-exports an artifact, decides promotion with ``contract.promotion_decision`` and, if promoted, moves
+exports an artifact, scores it and the serving model on the same validation data
+(``training.jobs.promotion_gate``), decides with ``contract.promotion_decision`` and, if promoted, moves
 CURRENT; every replica's ModelManager then swaps the new model in.
 """
 

@@ -53,9 +53,79 @@ class _Reporter:
         _write_status(self.status_file, {"state": "running", "progress": progress})
 
 
+PROMOTIONS_DIR = ".promotions"  # under ARTIFACT_ROOT: one record per promoted version
+
+
+def _read_record(root: Path, version: str) -> dict[str, Any]:
+    try:
+        data = json.loads((root / PROMOTIONS_DIR / f"{version}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_promotion_record(root: Path, version: str, gate: dict[str, Any]) -> None:
+    """What the gate measured when ``version`` was promoted, and its reference (see promotion_gate)."""
+    _write_status(str(root / PROMOTIONS_DIR / f"{version}.json"), gate)
+
+
+def promotion_gate(
+    root: Path, champion: str | None, candidate: str, dataset: Any, tolerance: float, force: bool
+) -> dict[str, Any]:
+    """Champion/challenger: the serving model, the candidate and the serving model's reference are
+    scored with ``contract.served_recall`` on this job's validation data, then
+    ``contract.promotion_decision`` decides. Never the numbers in the manifests, which may come from
+    other validation data.
+
+    The reference is the last model promoted on merit (not within the tolerance): a promotion on
+    merit makes the candidate its own reference, one within the tolerance keeps the champion's.
+    """
+    from artifact.contract import ArtifactError, load_artifact, promotion_decision, served_recall
+
+    val_users = dataset.val.users_with_items()
+    target = {dataset.user_ids[u]: [dataset.item_ids[i] for i in dataset.val.items_of(u)] for u in val_users}
+    train = {dataset.user_ids[u]: [dataset.item_ids[i] for i in dataset.train.items_of(u)] for u in val_users}
+
+    def score(version: str | None) -> float | None:
+        if version is None:
+            return None
+        try:
+            return served_recall(load_artifact(root / version), train, target)[0]
+        except (ArtifactError, OSError) as exc:
+            log.warning("cannot score %s for the promotion gate: %s", version, exc)
+            return None
+
+    reference = _read_record(root, champion).get("reference") if champion else None
+    if reference == champion:
+        reference = None
+    scores = {"candidate": score(candidate), "serving": score(champion), "reference": score(reference)}
+    promoted, reason = promotion_decision(
+        scores["candidate"], scores["serving"], tolerance, force, reference=scores["reference"]
+    )
+    # The reference the candidate carries if promoted: itself when it beat the bar (or was forced:
+    # the operator's choice is the new baseline), else whichever of serving / reference set the bar.
+    bar_holder, bar = champion, scores["serving"]
+    if scores["reference"] is not None and (bar is None or scores["reference"] > bar):
+        bar_holder, bar = reference, scores["reference"]
+    on_merit = bar is None or (scores["candidate"] is not None and scores["candidate"] >= bar)
+    carried = candidate if on_merit or force else bar_holder
+    return {
+        "promoted": promoted,
+        "reason": reason,
+        "metric": "recall@20",
+        "scores": scores,
+        "versions": {"candidate": candidate, "serving": champion, "reference": reference},
+        "tolerance": tolerance,
+        "forced": force,
+        "n_val_users": len(target),
+        "dataset_fingerprint": dataset.fingerprint,
+        "reference": carried,
+    }
+
+
 def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one retrain; raise on failure (RQ marks the job failed with the message)."""
-    from artifact.contract import promotion_decision, read_current, set_current
+    from artifact.contract import read_current, set_current
     from training.config import load_config
     from training.data import load_dataset
     from training.export import export_checkpoint
@@ -95,11 +165,13 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         if not spec.get("keep_run"):
             shutil.rmtree(run_dir, ignore_errors=True)
-    promoted, reason = promotion_decision(
-        root, path.name, float(spec.get("tolerance", 0.0)), bool(spec.get("force"))
+    gate = promotion_gate(
+        root, parent, path.name, dataset, float(spec.get("tolerance", 0.0)), bool(spec.get("force"))
     )
+    promoted, reason = gate["promoted"], gate["reason"]
     if promoted:
         set_current(root, path.name)
+        write_promotion_record(root, path.name, gate)
     log.info("job %s: %s %s (%s)", job_id, path.name, "promoted" if promoted else "rejected", reason)
     return {
         "job_id": job_id,
@@ -108,6 +180,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
         "parent_version": parent,
         "promoted": promoted,
         "reason": reason,
+        "promotion": gate,
         "metrics": {"val": result.best_metrics},
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,

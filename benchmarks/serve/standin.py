@@ -45,8 +45,9 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     m.created_at = contract.utc_now()
     m.metrics = {"val": {"recall@20": (old.manifest.val_recall20() or 0.0) + 0.01}}
     path = contract.write_artifact(root, m, a)
+    # a stand-in for the champion/challenger gate: the scores are the ones it made up
     promoted, reason = contract.promotion_decision(
-        root, m.model_version, spec["tolerance"], bool(spec.get("force"))
+        m.val_recall20(), old.manifest.val_recall20(), spec["tolerance"], bool(spec.get("force"))
     )
     if promoted:
         contract.set_current(root, m.model_version)
