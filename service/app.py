@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -63,13 +65,47 @@ class Runtime:
     serving: Serving
 
 
+def _server_worker_count() -> int:
+    """How many worker processes the server runs: uvicorn's ``--workers N`` (or WEB_CONCURRENCY)
+    when this process was spawned by its multiprocess supervisor, else 1."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return 1
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == b"--workers" and i + 1 < len(argv) else None
+        if arg.startswith(b"--workers="):
+            value = arg.split(b"=", 1)[1]
+        if value is not None and value.isdigit():
+            return int(value)
+    concurrency = os.environ.get("WEB_CONCURRENCY", "")
+    return int(concurrency) if concurrency.isdigit() else 1
+
+
+class EmbeddedStoreMultiWorkerError(RuntimeError):
+    pass
+
+
 def build_store(settings: Settings, metrics: Metrics) -> Store:
     if settings.redis_url is None:
+        workers = _server_worker_count()
+        if workers > 1:
+            # each worker would hold its own store: interactions recorded by one invisible to the
+            # others, two retrains at once (one deleting the other's run folder)
+            raise EmbeddedStoreMultiWorkerError(
+                f"REDIS_URL is not set but the server runs {workers} worker processes: the embedded "
+                "store and retrain lock are per process and would split. Set REDIS_URL, or run one worker."
+            )
         return EmbeddedStore(
             settings.cache_ttl_s,
             settings.fresh_max_per_user,
             settings.fresh_ttl_s,
             settings.cache_max_entries,
+            settings.fresh_max_users,
         )
     redis_store = RedisStore.from_url(
         settings.redis_url,

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = Field(default=3600, ge=1, description="Time to live of a cached user vector.")
     cache_max_entries: int = Field(default=100_000, ge=1, description="Embedded cache only: LRU size bound.")
+    fresh_max_users: int = Field(
+        default=100_000,
+        ge=1,
+        description="Embedded store only: users with fresh interactions kept (never evicted; beyond it 503).",
+    )
     fresh_max_per_user: int = Field(
         default=500, ge=1, description="Fresh interactions kept per user (oldest dropped beyond it)."
     )

@@ -23,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -89,82 +89,106 @@ class Store(ABC):
 
 
 @dataclass
-class _EmbeddedUser:
-    fresh: deque[tuple[str, float]]
-    generation: int = 0
-    expires_at: float = 0.0
-    vectors: dict[str, tuple[float, bytes, np.ndarray]] = field(default_factory=dict)  # version ->
+class _EmbeddedFresh:
+    items: deque[tuple[str, float]]
+    generation: int
+    expires_at: float
 
 
 class EmbeddedStore(Store):
-    """In-process store for a single process (no REDIS_URL): lost on restart."""
+    """In-process store for a single process (no REDIS_URL): lost on restart.
+
+    Cached vectors are an LRU bounded by ``max_entries`` users; fresh interactions are bounded
+    separately by ``max_fresh_users`` and never evicted to make room: an acknowledged write stays
+    until it expires, and a write for a new user when the bound is reached is refused (503)."""
 
     kind = "embedded"
 
-    def __init__(self, cache_ttl_s: int, fresh_max: int, fresh_ttl_s: int, max_entries: int) -> None:
+    def __init__(
+        self,
+        cache_ttl_s: int,
+        fresh_max: int,
+        fresh_ttl_s: int,
+        max_entries: int,
+        max_fresh_users: int = 100_000,
+    ) -> None:
         self.cache_ttl_s = cache_ttl_s
         self.fresh_max = fresh_max
         self.fresh_ttl_s = fresh_ttl_s
         self.max_entries = max_entries
-        self._users: OrderedDict[str, _EmbeddedUser] = OrderedDict()  # LRU order
+        self.max_fresh_users = max_fresh_users
+        self._fresh: dict[str, _EmbeddedFresh] = {}
+        self._vectors: OrderedDict[str, dict[str, tuple[float, bytes, np.ndarray]]] = OrderedDict()  # LRU
+        self._generation = 0  # one counter for all users: a fingerprint is never reused
 
-    def _user(self, user_id: str, create: bool) -> _EmbeddedUser | None:
-        now = time.monotonic()
-        user = self._users.get(user_id)
-        if user is not None and user.fresh and user.expires_at < now:
-            user.fresh.clear()
-            user.generation += 1
-        if user is None and create:
-            user = _EmbeddedUser(deque(maxlen=self.fresh_max))
-            self._users[user_id] = user
-            while len(self._users) > self.max_entries:
-                self._users.popitem(last=False)
-        if user is not None:
-            self._users.move_to_end(user_id)
-        return user
+    def _fresh_of(self, user_id: str) -> _EmbeddedFresh | None:
+        fresh = self._fresh.get(user_id)
+        if fresh is not None and fresh.expires_at < time.monotonic():
+            del self._fresh[user_id]
+            return None
+        return fresh
 
-    @staticmethod
-    def _fingerprint(user: _EmbeddedUser) -> bytes:
-        return user.generation.to_bytes(_FP_LEN, "little") if user.fresh else _NO_FRESH_FP
+    def _fingerprint(self, user_id: str) -> bytes:
+        fresh = self._fresh_of(user_id)
+        return fresh.generation.to_bytes(_FP_LEN, "little") if fresh is not None else _NO_FRESH_FP
 
     async def get_user_state(self, version: str, user_id: str) -> UserState:
-        user = self._user(user_id, create=False)
-        if user is None:
-            return EMPTY_STATE
-        fp = self._fingerprint(user)
+        fp = self._fingerprint(user_id)
+        fresh = self._fresh.get(user_id)
+        items = [item for item, _ in fresh.items] if fresh is not None else []
         vector = None
-        entry = user.vectors.get(version)
-        if entry is not None:
-            expires_at, entry_fp, entry_vector = entry
-            if expires_at >= time.monotonic() and entry_fp == fp:
-                vector = entry_vector
-            else:
-                del user.vectors[version]
-        return UserState(vector, [item for item, _ in user.fresh], fp)
+        vectors = self._vectors.get(user_id)
+        if vectors is not None:
+            self._vectors.move_to_end(user_id)
+            entry = vectors.get(version)
+            if entry is not None:
+                expires_at, entry_fp, entry_vector = entry
+                if expires_at >= time.monotonic() and entry_fp == fp:
+                    vector = entry_vector
+                else:
+                    del vectors[version]
+        if vector is None and not items:
+            return EMPTY_STATE
+        return UserState(vector, items, fp)
 
     async def set_user_vector(
         self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
     ) -> None:
-        user = self._user(user_id, create=True)
-        assert user is not None
-        if fingerprint == self._fingerprint(user):
-            user.vectors[version] = (time.monotonic() + self.cache_ttl_s, fingerprint, vector.copy())
+        if fingerprint != self._fingerprint(user_id):
+            return
+        vectors = self._vectors.setdefault(user_id, {})
+        self._vectors.move_to_end(user_id)
+        vectors[version] = (time.monotonic() + self.cache_ttl_s, fingerprint, vector.copy())
+        while len(self._vectors) > self.max_entries:
+            self._vectors.popitem(last=False)
 
     async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
-        user = self._user(user_id, create=True)
-        assert user is not None
-        user.fresh.extend(zip(items, timestamps, strict=True))
-        user.generation += 1
-        user.expires_at = time.monotonic() + self.fresh_ttl_s
-        user.vectors.clear()
-        return len(user.fresh)
+        fresh = self._fresh_of(user_id)
+        if fresh is None:
+            if len(self._fresh) >= self.max_fresh_users:
+                now = time.monotonic()
+                for gone in [u for u, f in self._fresh.items() if f.expires_at < now]:
+                    del self._fresh[gone]
+            if len(self._fresh) >= self.max_fresh_users:
+                raise StoreUnavailableError(
+                    f"cannot record interactions: the embedded store holds fresh interactions of "
+                    f"FRESH_MAX_USERS={self.max_fresh_users} users (set REDIS_URL for more); "
+                    "nothing was recorded"
+                )
+            fresh = self._fresh[user_id] = _EmbeddedFresh(deque(maxlen=self.fresh_max), 0, 0.0)
+        fresh.items.extend(zip(items, timestamps, strict=True))
+        self._generation += 1
+        fresh.generation = self._generation
+        fresh.expires_at = time.monotonic() + self.fresh_ttl_s
+        self._vectors.pop(user_id, None)
+        return len(fresh.items)
 
     async def fresh_snapshot(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for user_id in list(self._users):
-            user = self._user(user_id, create=False)
-            if user is not None and user.fresh:
-                out[user_id] = list(dict.fromkeys(item for item, _ in user.fresh))
+        for user_id in list(self._fresh):
+            fresh = self._fresh_of(user_id)
+            if fresh is not None and fresh.items:
+                out[user_id] = list(dict.fromkeys(item for item, _ in fresh.items))
         return out
 
 

@@ -141,3 +141,76 @@ def test_job_ids_are_checked_by_length_and_alphabet_in_every_mode(
         assert "1-128" in r.json()["detail"]
     r = client.get(f"/retrain/{'a' * 128}", headers=AUTH)
     assert r.status_code == 404 and "1-128" not in r.json()["detail"]  # well-formed, just unknown
+
+
+# ------------------------------------------------------------------------------- embedded store
+
+
+async def _fill(store: Any, users: int) -> None:
+    for u in range(users):
+        await store.add_interactions(f"u{u}", [f"i{u}"], [1.0])
+
+
+def test_embedded_store_never_evicts_acknowledged_interactions() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from service.errors import StoreUnavailableError
+    from service.store import EmbeddedStore
+
+    async def scenario() -> None:
+        store = EmbeddedStore(cache_ttl_s=60, fresh_max=10, fresh_ttl_s=60, max_entries=3, max_fresh_users=5)
+        await _fill(store, 5)  # five acknowledged writes
+        for u in range(10):  # cache traffic of other users beyond the cache bound
+            await store.set_user_vector("v1", f"other{u}", b"\0" * 8, np.ones(4, np.float32))
+        snapshot = await store.fresh_snapshot()
+        assert snapshot == {f"u{u}": [f"i{u}"] for u in range(5)}  # none evicted by the cache LRU
+        with pytest.raises(StoreUnavailableError, match="FRESH_MAX_USERS=5"):
+            await store.add_interactions("u-new", ["i9"], [1.0])
+        assert "u-new" not in await store.fresh_snapshot()  # refused means not recorded
+        assert await store.add_interactions("u1", ["i7"], [2.0]) == 2  # known users may still write
+        states = [await store.get_user_state("v1", f"other{u}") for u in range(10)]
+        cached = sum(1 for st in states if st.cached_vector is not None)
+        assert cached == 3  # the cache itself is still bounded
+
+    asyncio.run(scenario())
+
+
+def test_embedded_store_full_is_a_503_over_http(
+    artifact_path: Path, make_client: Callable[..., TestClient]
+) -> None:
+    client = make_client(fresh_max_users=2, cache_max_entries=1)
+    for u in ("u1", "u2"):
+        assert client.post("/interactions", json={"user_id": u, "items": ["i1"]}).status_code == 200
+    for u in range(5):
+        client.post("/recommend", json={"user_id": f"u{u + 10}"})  # fills the one-entry cache
+    r = client.post("/interactions", json={"user_id": "u3", "items": ["i1"]})
+    assert r.status_code == 503 and "FRESH_MAX_USERS=2" in r.json()["detail"]
+    fresh = client.post("/recommend", json={"user_id": "u1"}).json()
+    assert fresh["path"] == "fresh"  # u1's acknowledged interaction is still used
+
+
+def test_embedded_store_refuses_several_worker_processes(
+    tmp_path: Path, store_root: Path, artifact_path: Path
+) -> None:
+    from conftest import subprocess_env
+
+    from benchmarks.serve.procs import ApiServer
+
+    env = subprocess_env(
+        ARTIFACT_ROOT=str(store_root), REDIS_URL="", FAISS_USE_GPU="false", LOG_LEVEL="WARNING"
+    )
+    api = ApiServer(env, tmp_path / "api.log", workers=2)
+    try:
+        deadline = time.monotonic() + 120
+        while "would split" not in api.log_text():
+            assert time.monotonic() < deadline, api.log_text()[-3000:]
+            time.sleep(0.2)
+        assert "Set REDIS_URL, or run one worker" in api.log_text()
+        import httpx
+
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(api.url + "/readyz", timeout=2).raise_for_status()
+    finally:
+        api.stop()
