@@ -101,7 +101,9 @@ def test_recorded_interactions_switch_to_fresh_path(client: TestClient, artifact
 
     r = client.post("/interactions", json={"user_id": "u4", "items": fresh_ids})
     assert r.status_code == 200, r.text
-    assert r.json() == {"user_id": "u4", "recorded": 3, "fresh_count": 3, "model_version": artifact.version}
+    body = r.json()
+    assert len(body.pop("request_id")) == 32  # generated when the client sends none
+    assert body == {"user_id": "u4", "recorded": 3, "fresh_count": 3, "model_version": artifact.version}
 
     after = client.post("/recommend", json={"user_id": "u4", "k": 100}).json()
     assert after["path"] == "fresh" and after["cache_hit"] is False
