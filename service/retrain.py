@@ -124,7 +124,12 @@ class RQBackend(JobBackend):
         try:
             self.queue.enqueue_call(
                 JOB_RUNNER_FUNC,
-                kwargs={"func_name": self.settings.retrain_job_func, "spec": spec, "lock_key": self.lock_key},
+                kwargs={
+                    "func_name": self.settings.retrain_job_func,
+                    "spec": spec,
+                    "lock_key": self.lock_key,
+                    "heartbeat_s": self.settings.retrain_heartbeat_s,
+                },
                 job_id=job_id,
                 timeout=self.settings.retrain_timeout_s,
                 result_ttl=7 * 86400,

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     )
     retrain_queue: str = Field(default="mmssl-retrain", min_length=1, description="RQ queue name.")
     retrain_timeout_s: int = Field(default=6 * 3600, ge=10, description="A job running longer is killed.")
+    retrain_heartbeat_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="A running job refreshes its lock this often (TTL 3x): a dead job frees it that soon.",
+    )
     retrain_jobs_dir: Path | None = Field(
         default=None, description="Spec/status/log files of jobs; default ARTIFACT_ROOT/.jobs."
     )

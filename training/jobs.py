@@ -34,11 +34,18 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
-class _Reporter:
-    """Progress to the RQ job's meta when running under RQ, and to the status file if given."""
+class ProgressReporter:
+    """Progress to the RQ job's meta when running under RQ, and to the status file if given.
 
-    def __init__(self, status_file: str | None) -> None:
+    A Redis outage must not end the job (it raised out of the training loop and the RQ worker
+    exited): each save is retried a few times with backoff, then the latest progress stays buffered
+    in the job's meta and goes out with the next report."""
+
+    def __init__(self, status_file: str | None, retries: int = 3, backoff_s: float = 0.2) -> None:
         self.status_file = status_file
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.pending = False  # the latest progress has not reached Redis yet
         try:
             from rq import get_current_job
 
@@ -46,10 +53,26 @@ class _Reporter:
         except Exception:  # noqa: BLE001 - rq missing or not inside a worker
             self.rq_job = None
 
+    def _save_meta(self) -> None:
+        assert self.rq_job is not None
+        for attempt in range(self.retries + 1):
+            try:
+                self.rq_job.save_meta()
+            except Exception as exc:  # noqa: BLE001 - redis errors, whatever the client raises
+                if attempt == self.retries:
+                    if not self.pending:
+                        log.warning("cannot report progress to Redis; kept for the next report: %r", exc)
+                    self.pending = True
+                    return
+                time.sleep(self.backoff_s * 2**attempt)
+            else:
+                self.pending = False
+                return
+
     def __call__(self, progress: dict[str, Any]) -> None:
         if self.rq_job is not None:
             self.rq_job.meta["progress"] = progress
-            self.rq_job.save_meta()
+            self._save_meta()
         _write_status(self.status_file, {"state": "running", "progress": progress})
 
 
@@ -133,7 +156,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     job_id = str(spec.get("job_id") or "job")
-    report = _Reporter(spec.get("status_file"))
+    report = ProgressReporter(spec.get("status_file"))
     report({"stage": "loading", "epoch": 0})
     overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("overrides") or {}).items()]
     cfg = load_config(spec.get("config"), overrides)
