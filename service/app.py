@@ -154,12 +154,32 @@ async def require_admin(
         raise UnauthorizedError("missing or wrong admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
 
 
+async def require_writer(
+    rt: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """POST /interactions feeds the next retrain (its items join the training data and leave the
+    validation split), so who may write can be restricted: with INTERACTIONS_TOKEN set, writes need
+    it (or the admin token); unset, anyone who can reach the service may write."""
+    token = rt.settings.interactions_token
+    if token is None:
+        return
+    given = credentials.credentials.strip().encode() if credentials is not None else b""
+    ok = hmac.compare_digest(given, token.get_secret_value().encode())
+    admin = rt.settings.admin_token
+    if admin is not None:
+        ok = hmac.compare_digest(given, admin.get_secret_value().encode()) or ok
+    if not ok:
+        raise UnauthorizedError(
+            "missing or wrong interactions token: send 'Authorization: Bearer <INTERACTIONS_TOKEN>'"
+        )
+
+
 # Every status a route can answer is in the OpenAPI schema (422 is added by FastAPI).
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
         400: "The body is not valid UTF-8 JSON.",
         408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
-        401: "Missing or wrong admin token.",
+        401: "Missing or wrong token (ADMIN_TOKEN; INTERACTIONS_TOKEN for /interactions when set).",
         403: "Retraining is disabled (no ADMIN_TOKEN on this server).",
         404: "No such retrain job.",
         409: "A retrain job is already running.",
@@ -342,7 +362,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rt.metrics.recommend_latency.labels(result["path"]).observe(time.perf_counter() - started)
         return _json(result)
 
-    @app.post("/interactions", response_model=InteractionsResponse, responses=_BODY_ERRORS)
+    @app.post(
+        "/interactions",
+        response_model=InteractionsResponse,
+        dependencies=[Depends(require_writer)],
+        responses=_BODY_ERRORS | _errors(401),
+    )
     async def interactions(body: InteractionsRequest, rt: RuntimeDep) -> Response:
         return _json(await rt.serving.record_interactions(body))
 

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         description="Fresh interactions of a user expire this long after the last one.",
     )
 
+    interactions_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token POST /interactions requires (the admin token works too). Unset = open.",
+    )
+
     # Retraining
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of POST/GET /retrain. Unset = retraining disabled (403)."
@@ -133,6 +138,8 @@ class Settings(BaseSettings):
             raise ValueError(f"DEFAULT_K ({self.default_k}) is larger than MAX_K ({self.max_k})")
         if self.admin_token is not None and not self.admin_token.get_secret_value():
             self.admin_token = None
+        if self.interactions_token is not None and not self.interactions_token.get_secret_value():
+            self.interactions_token = None
         return self
 
     @property

@@ -214,3 +214,22 @@ def test_embedded_store_refuses_several_worker_processes(
             httpx.get(api.url + "/readyz", timeout=2).raise_for_status()
     finally:
         api.stop()
+
+
+# ------------------------------------------------------------------------------- who may write
+
+
+def test_interactions_token_restricts_who_feeds_the_next_retrain(
+    artifact_path: Path, make_client: Callable[..., TestClient]
+) -> None:
+    client = make_client(interactions_token="writer-token", admin_token="rel-token")
+    body = {"user_id": "u1", "items": ["i1"]}
+    assert client.post("/interactions", json=body).status_code == 401
+    wrong = client.post("/interactions", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "INTERACTIONS_TOKEN" in wrong.json()["detail"]
+    ok = client.post("/interactions", json=body, headers={"Authorization": "Bearer writer-token"})
+    assert ok.status_code == 200 and ok.json()["fresh_count"] == 1
+    assert client.post("/interactions", json=body, headers=AUTH).status_code == 200  # the admin token too
+    assert client.post("/recommend", json={"user_id": "u1"}).status_code == 200  # reads stay open
+    open_client = make_client()  # unset: open, as before
+    assert open_client.post("/interactions", json=body).status_code == 200
