@@ -436,7 +436,12 @@ def set_current(root: Path | str, version: str) -> None:
     """Point the store at ``version`` (atomic rename). The version must exist and verify."""
     root = Path(root)
     check_version_name(version)
-    load_artifact(root / version)  # refuse to point at a broken artifact
+    artifact = load_artifact(root / version)  # refuse to point at a broken artifact
+    if artifact.manifest.model_version != version:  # replicas would reload it on every poll
+        raise ArtifactError(
+            f"{root / version}: folder name {version!r} and the manifest's model_version "
+            f"{artifact.manifest.model_version!r} disagree"
+        )
     fd, tmp = tempfile.mkstemp(prefix=".current-", dir=root)
     os.fchmod(fd, 0o644)  # mkstemp makes it 0600: replicas running as another user must read it
     with os.fdopen(fd, "w") as fh:
@@ -508,24 +513,82 @@ def user_vector(
 # ----------------------------------------------------------------------------- promotion
 
 
-def promotion_decision(
-    root: Path | str, candidate: str, tolerance: float, force: bool = False
-) -> tuple[bool, str]:
-    """Decide whether ``candidate`` may replace the serving version of the store.
+def served_recall(
+    artifact: Artifact,
+    train: Mapping[str, Sequence[str]],
+    target: Mapping[str, Sequence[str]],
+    k: int = 20,
+) -> tuple[float, int]:
+    """Recall@k of ``artifact`` as the service would rank (Eq. 12 vectors, FAISS-exact inner product,
+    training items excluded), on data given by external ids: ``train`` user -> item ids they have,
+    ``target`` user -> held-out item ids. Returns (mean recall over users with targets, n users).
 
-    Promoted when there is no serving version, when ``force`` is set, or when the candidate's
-    validation Recall@20 is at least the serving one's minus ``tolerance``.
+    Two artifacts scored with this on the same ``train`` / ``target`` are compared on the same data,
+    whatever data each was trained on: a user the artifact knows with the same training items uses
+    its exported vector, one with other items keeps the trained ID side and recomputes the modality
+    side (the service's fresh path), an unknown user is folded in. Items the artifact does not know
+    cannot be recommended: as targets they count as misses, in a history they are skipped.
     """
-    root = Path(root)
-    new = read_manifest(root / candidate).val_recall20()
-    current = read_current(root)
-    if current is None:
-        return True, "no model was serving"
+    a = artifact.arrays
+    item_index = {item: i for i, item in enumerate(a.item_ids)}
+    user_index = {user: u for u, user in enumerate(a.user_ids)}
+    users = [u for u, items in target.items() if len(items)]
+    if not users:
+        return 0.0, 0
+    n_items = len(a.item_ids)
+    kk = min(k, n_items)
+    total = 0.0
+    for start in range(0, len(users), 1024):
+        block = users[start : start + 1024]
+        vectors = np.empty((len(block), artifact.manifest.dim), dtype=np.float32)
+        histories: list[np.ndarray] = []
+        for row, user in enumerate(block):
+            history = np.array(
+                sorted({item_index[i] for i in train.get(user, ()) if i in item_index}), dtype=np.int64
+            )
+            histories.append(history)
+            u = user_index.get(user)
+            if u is not None and np.array_equal(np.sort(artifact.user_items(u)), history):
+                vectors[row] = a.user_embeddings[u]
+            elif u is not None:
+                vectors[row] = user_vector(artifact, history, u)
+            else:
+                vectors[row] = user_vector(artifact, history)
+        scores = vectors @ a.item_embeddings.T  # (B, n_items)
+        for row, history in enumerate(histories):
+            scores[row, history] = -np.inf
+        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # (B, kk) the top kk, any order
+        for row, user in enumerate(block):
+            wanted = {item_index.get(i, -1) for i in target[user]}
+            total += len(wanted & set(top[row].tolist())) / len(target[user])
+    return total / len(users), len(users)
+
+
+def promotion_decision(
+    candidate: float | None,
+    champion: float | None,
+    tolerance: float,
+    force: bool = False,
+    reference: float | None = None,
+) -> tuple[bool, str]:
+    """Whether a candidate replaces the serving model (the champion), from scores measured on the
+    same validation data in the same job (``served_recall``).
+
+    Promoted when nothing is serving (``champion`` None), when ``force`` is set, or when the
+    candidate is at least ``bar - tolerance``, where the bar is the best of the champion and the
+    ``reference``: the last model promoted without the tolerance's help, scored on the same data.
+    A model promoted within the tolerance keeps its predecessor's reference, so a chain of
+    slightly worse models cannot walk the bar down by one tolerance per promotion.
+    """
     if force:
         return True, "forced"
-    old = read_manifest(root / current).val_recall20()
-    if old is None or new is None:
-        return False, f"cannot compare: val recall@20 missing (serving {old}, candidate {new})"
-    if new >= old - tolerance:
-        return True, f"val recall@20 {new:.4f} vs serving {old:.4f} (tolerance {tolerance})"
-    return False, f"val recall@20 {new:.4f} is worse than serving {old:.4f} by more than {tolerance}"
+    if champion is None:
+        return True, "no model was serving"
+    if candidate is None or not np.isfinite(candidate) or not np.isfinite(champion):
+        return False, f"cannot compare: val recall@20 missing (serving {champion}, candidate {candidate})"
+    bar, against = champion, "serving"
+    if reference is not None and np.isfinite(reference) and reference > champion:
+        bar, against = reference, "reference"
+    if candidate >= bar - tolerance:
+        return True, f"val recall@20 {candidate:.4f} vs {against} {bar:.4f} (tolerance {tolerance})"
+    return False, f"val recall@20 {candidate:.4f} is worse than {against} {bar:.4f} by more than {tolerance}"

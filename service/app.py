@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -17,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.body import StrictJsonMiddleware
 from service.errors import (
     ModelNotReadyError,
     RetrainDisabledError,
@@ -62,13 +65,47 @@ class Runtime:
     serving: Serving
 
 
+def _server_worker_count() -> int:
+    """How many worker processes the server runs: uvicorn's ``--workers N`` (or WEB_CONCURRENCY)
+    when this process was spawned by its multiprocess supervisor, else 1."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return 1
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == b"--workers" and i + 1 < len(argv) else None
+        if arg.startswith(b"--workers="):
+            value = arg.split(b"=", 1)[1]
+        if value is not None and value.isdigit():
+            return int(value)
+    concurrency = os.environ.get("WEB_CONCURRENCY", "")
+    return int(concurrency) if concurrency.isdigit() else 1
+
+
+class EmbeddedStoreMultiWorkerError(RuntimeError):
+    pass
+
+
 def build_store(settings: Settings, metrics: Metrics) -> Store:
     if settings.redis_url is None:
+        workers = _server_worker_count()
+        if workers > 1:
+            # each worker would hold its own store: interactions recorded by one invisible to the
+            # others, two retrains at once (one deleting the other's run folder)
+            raise EmbeddedStoreMultiWorkerError(
+                f"REDIS_URL is not set but the server runs {workers} worker processes: the embedded "
+                "store and retrain lock are per process and would split. Set REDIS_URL, or run one worker."
+            )
         return EmbeddedStore(
             settings.cache_ttl_s,
             settings.fresh_max_per_user,
             settings.fresh_ttl_s,
             settings.cache_max_entries,
+            settings.fresh_max_users,
         )
     redis_store = RedisStore.from_url(
         settings.redis_url,
@@ -117,11 +154,33 @@ async def require_admin(
         raise UnauthorizedError("missing or wrong admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
 
 
+async def require_writer(request: Request, rt: RuntimeDep) -> None:
+    """POST /interactions feeds the next retrain (its items join the training data and leave the
+    validation split), so who may write can be restricted: with INTERACTIONS_TOKEN set, writes need
+    it (or the admin token); unset, anyone who can reach the service may write."""
+    token = rt.settings.interactions_token
+    if token is None:
+        return
+    # read by hand, not through the bearer scheme: the OpenAPI schema must not mark the route as
+    # always needing a token (it does not, unless INTERACTIONS_TOKEN is set)
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = value.strip().encode() if scheme.lower() == "bearer" else b""
+    ok = hmac.compare_digest(given, token.get_secret_value().encode())
+    admin = rt.settings.admin_token
+    if admin is not None:
+        ok = hmac.compare_digest(given, admin.get_secret_value().encode()) or ok
+    if not ok:
+        raise UnauthorizedError(
+            "missing or wrong interactions token: send 'Authorization: Bearer <INTERACTIONS_TOKEN>'"
+        )
+
+
 # Every status a route can answer is in the OpenAPI schema (422 is added by FastAPI).
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
-        400: "The body is not valid JSON.",
-        401: "Missing or wrong admin token.",
+        400: "The body is not valid UTF-8 JSON.",
+        408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
+        401: "Missing or wrong token (ADMIN_TOKEN; INTERACTIONS_TOKEN for /interactions when set).",
         403: "Retraining is disabled (no ADMIN_TOKEN on this server).",
         404: "No such retrain job.",
         409: "A retrain job is already running.",
@@ -287,6 +346,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MMSSL recommendation service", version="1.0", lifespan=lifespan)
     app.state.mmssl = state
     install_error_handlers(app)
+
+    def read_timeout() -> float | None:
+        rt = state.runtime
+        return rt.settings.body_read_timeout_s if rt else None
+
+    # innermost: it reads the body through the size limit below it, and every route is behind it
+    app.add_middleware(StrictJsonMiddleware, read_timeout_s=read_timeout)
     app.add_middleware(BodyLimitMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
@@ -297,7 +363,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rt.metrics.recommend_latency.labels(result["path"]).observe(time.perf_counter() - started)
         return _json(result)
 
-    @app.post("/interactions", response_model=InteractionsResponse, responses=_BODY_ERRORS)
+    @app.post(
+        "/interactions",
+        response_model=InteractionsResponse,
+        dependencies=[Depends(require_writer)],
+        responses=_BODY_ERRORS | _errors(401),
+    )
     async def interactions(body: InteractionsRequest, rt: RuntimeDep) -> Response:
         return _json(await rt.serving.record_interactions(body))
 

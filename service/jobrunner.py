@@ -10,12 +10,15 @@ exits non-zero when the job fails; the status file named in the spec then says w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -50,14 +53,62 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_retrain(func_name: str, spec: dict[str, Any], lock_key: str | None = None) -> dict[str, Any]:
-    """RQ entry point: run the job, then release the one-at-a-time lock if it still names this job."""
+# Extend the lock's TTL only while it still names this job.
+LOCK_REFRESH_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+class LockHeartbeat:
+    """While a job runs, keep its lock alive with a short TTL (``3 * interval_s``), refreshed every
+    ``interval_s``: if the job's process dies (worker SIGKILLed, machine lost) the lock lapses within
+    that bound and the next retrain is accepted; Redis errors are logged and retried next beat."""
+
+    def __init__(self, connection: Any, lock_key: str, job_id: str, interval_s: float) -> None:
+        self.connection = connection
+        self.lock_key = lock_key
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retrain-lock-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        ttl = max(1, math.ceil(3 * self.interval_s))
+        self.connection.eval(LOCK_REFRESH_SCRIPT, 1, self.lock_key, self.job_id, ttl)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._beat()
+            except Exception as exc:  # noqa: BLE001 - a blip: the next beat retries
+                log.warning("could not refresh the retrain lock", extra={"error": repr(exc)})
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> LockHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run_retrain(
+    func_name: str, spec: dict[str, Any], lock_key: str | None = None, heartbeat_s: float | None = None
+) -> dict[str, Any]:
+    """RQ entry point: run the job while heart-beating its lock, then release the lock if it still
+    names this job."""
     from rq import get_current_job
 
+    job = get_current_job()
+    heartbeat: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if lock_key and job is not None and heartbeat_s:
+        heartbeat = LockHeartbeat(job.connection, lock_key, spec["job_id"], heartbeat_s)
     try:
-        return import_function(func_name)(spec)
+        with heartbeat:
+            return import_function(func_name)(spec)
     finally:
-        job = get_current_job()
         if lock_key and job is not None:
             try:
                 job.connection.eval(LOCK_RELEASE_SCRIPT, 1, lock_key, spec["job_id"])

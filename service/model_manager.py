@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -58,28 +59,60 @@ class ModelManager:
         self._poll_task: asyncio.Task[None] | None = None
         self._check_task: asyncio.Task[bool] | None = None
         self._refused: str | None = None  # version whose load failed; not retried until CURRENT moves
-        self.last_error: str | None = None
+        self._bad_current: bytes | None = None  # unreadable CURRENT content, logged once
+        self.last_error: str | None = None  # public: paths under ARTIFACT_ROOT shown relative to it
         faiss.omp_set_num_threads(settings.faiss_threads)
 
     @property
     def current(self) -> Recommender | None:
         return self._current
 
+    def public(self, message: str) -> str:
+        """``message`` with the artifact store's file-system location replaced by ARTIFACT_ROOT (the
+        full paths go to the log only)."""
+        for prefix in {str(self.root.resolve()), str(self.root)}:
+            message = message.replace(prefix + os.sep, "ARTIFACT_ROOT/")
+        return message
+
     def require(self) -> Recommender:
         rec = self._current
         if rec is None:
             raise ModelNotReadyError(
-                f"no model is loaded yet: {self.root / contract.CURRENT} names no loadable version"
+                "no model is loaded yet: ARTIFACT_ROOT/CURRENT names no loadable version"
                 + (f" (last error: {self.last_error})" if self.last_error else "")
             )
         return rec
+
+    def _read_current(self) -> str | None:
+        """CURRENT's version, or None; an unreadable CURRENT is logged once per content, not per poll."""
+        path = self.root / contract.CURRENT
+        try:
+            version = contract.read_current(self.root)
+            if version is not None:
+                contract.check_version_name(version)
+        except (OSError, UnicodeDecodeError, ArtifactError) as exc:
+            try:
+                raw = path.read_bytes()[:200]
+            except OSError:
+                raw = b""
+            if raw != self._bad_current:
+                self._bad_current = raw
+                self.last_error = self.public(f"unreadable CURRENT: {exc}")
+                self.metrics.model_load_failures.inc()
+                log.error(
+                    "unreadable CURRENT; keeping the serving model",
+                    extra={"path": str(path), "error": repr(exc)},
+                )
+            return None
+        self._bad_current = None
+        return version
 
     async def start(self) -> None:
         """Load the version CURRENT names; raise ArtifactError if it is broken (refuse to start).
 
         With no CURRENT yet the service starts unready and picks the first promotion up by polling.
         """
-        version = contract.read_current(self.root)
+        version = self._read_current()
         if version is None:
             log.warning(
                 "no CURRENT in the artifact store; not ready until one is promoted",
@@ -99,7 +132,7 @@ class ModelManager:
 
     async def check(self) -> bool:
         """Swap in the version CURRENT names if it differs from the serving one. True if swapped."""
-        version = contract.read_current(self.root)
+        version = self._read_current()
         rec = self._current
         if version is None or (rec is not None and rec.version == version) or version == self._refused:
             return False
@@ -127,9 +160,14 @@ class ModelManager:
             try:
                 contract.check_version_name(version)
                 rec = await asyncio.to_thread(load_recommender, path, self.settings)
+                if rec.version != version:  # else every poll would see "CURRENT moved" and reload
+                    raise ArtifactError(
+                        f"{path}: folder name {version!r} and the manifest's model_version "
+                        f"{rec.version!r} disagree"
+                    )
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 self._refused = version
-                self.last_error = str(exc)
+                self.last_error = self.public(str(exc))
                 self.metrics.model_load_failures.inc()
                 serving = self._current.version if self._current else None
                 log.error(
@@ -174,6 +212,6 @@ class ModelManager:
             "metrics": m.metrics,
             "index": rec.index.describe(),
             "loaded_at": rec.loaded_at,
-            "artifact_path": str(rec.artifact.path),
+            "artifact_path": self.public(str(rec.artifact.path) + os.sep).rstrip("/"),
             "last_load_error": self.last_error,
         }

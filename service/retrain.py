@@ -4,7 +4,8 @@ With Redis the job goes to an RQ queue served by ``python -m service.worker`` (t
 imports the trainer, hence torch); without Redis it runs in a subprocess of the API process
 (``python -m service.jobrunner``). Either way the job is ``RETRAIN_JOB_FUNC(spec) -> result``
 (``training.jobs.retrain_job``): it trains on the dataset plus the fresh interactions recorded here,
-exports an artifact, decides promotion with ``contract.promotion_decision`` and, if promoted, moves
+exports an artifact, scores it and the serving model on the same validation data
+(``training.jobs.promotion_gate``), decides with ``contract.promotion_decision`` and, if promoted, moves
 CURRENT; every replica's ModelManager then swaps the new model in.
 """
 
@@ -44,8 +45,9 @@ from service.store import Store
 log = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-# Ids RQ accepts (ours are uuid4 hex); RQ would also read "id:anything" as the job "id".
-_RQ_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Ids RQ accepts and a file name can hold (ours are uuid4 hex); RQ would also read "id:anything"
+# as the job "id".
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 _STATE = {
     JobStatus.STARTED: "running",
@@ -122,7 +124,12 @@ class RQBackend(JobBackend):
         try:
             self.queue.enqueue_call(
                 JOB_RUNNER_FUNC,
-                kwargs={"func_name": self.settings.retrain_job_func, "spec": spec, "lock_key": self.lock_key},
+                kwargs={
+                    "func_name": self.settings.retrain_job_func,
+                    "spec": spec,
+                    "lock_key": self.lock_key,
+                    "heartbeat_s": self.settings.retrain_heartbeat_s,
+                },
                 job_id=job_id,
                 timeout=self.settings.retrain_timeout_s,
                 result_ttl=7 * 86400,
@@ -163,15 +170,15 @@ class RQBackend(JobBackend):
         try:
             await asyncio.to_thread(self._start, spec)
         except RedisError as exc:
-            raise StoreUnavailableError(f"cannot enqueue the retrain: Redis is unavailable ({exc})") from exc
+            log.warning("cannot enqueue the retrain", extra={"error": repr(exc)})
+            raise StoreUnavailableError("cannot enqueue the retrain: Redis is unavailable") from exc
 
     async def status(self, job_id: str) -> dict[str, Any]:
-        if not _RQ_JOB_ID.fullmatch(job_id):  # RQ raises ValueError (a 500) on other characters
-            raise JobNotFoundError(f"no retrain job {job_id!r}")
         try:
             return await asyncio.to_thread(self._status, job_id)
         except RedisError as exc:
-            raise StoreUnavailableError(f"cannot read the job status: Redis is unavailable ({exc})") from exc
+            log.warning("cannot read the job status", extra={"job_id": job_id, "error": repr(exc)})
+            raise StoreUnavailableError("cannot read the job status: Redis is unavailable") from exc
 
     async def close(self) -> None:
         self.connection.close()
@@ -262,11 +269,9 @@ class SubprocessBackend(JobBackend):
         await self.manager.check()  # swap at once if the job promoted a model
 
     async def status(self, job_id: str) -> dict[str, Any]:
-        if not job_id.isalnum():
-            raise JobNotFoundError(f"no retrain job {job_id!r}")
         path = self.status_file(job_id)
         if not path.is_file():
-            raise JobNotFoundError(f"no retrain job {job_id!r} (no {path})")
+            raise JobNotFoundError(f"no retrain job {job_id!r}")
         state = read_status(path)
         tracked = self._running is not None and self._running[0] == job_id
         if tracked and state.get("state") in ("finished", "failed"):
@@ -340,6 +345,11 @@ class Retrainer:
         return {"job_id": job_id, "state": "queued", "mode": self.backend.mode, "extra_interactions": n_extra}
 
     async def status(self, job_id: str) -> dict[str, Any]:
+        # One check for every backend: RQ raises ValueError (a 500) on other characters, and a long
+        # id is a file name too long for the subprocess backend's status folder.
+        if not _JOB_ID.fullmatch(job_id):
+            shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+            raise JobNotFoundError(f"no retrain job {shown!r}: job ids are 1-128 of A-Z a-z 0-9 _ -")
         raw = await self.backend.status(job_id)
         result = raw.get("result") or None
         out: dict[str, Any] = {

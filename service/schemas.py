@@ -58,6 +58,14 @@ class InteractionsRequest(_Strict):
     timestamps: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
         default=None, description="Unix seconds, one per item; default: the time of the request."
     )
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Makes the write idempotent: a request id seen in the last 24 h is not applied "
+        "again. Re-send with the same id after a 503 or a lost answer. Default: a new id.",
+    )
 
     @model_validator(mode="after")
     def _same_length(self) -> InteractionsRequest:
@@ -71,6 +79,7 @@ class InteractionsRequest(_Strict):
 
 class InteractionsResponse(BaseModel):
     user_id: str
+    request_id: str = Field(description="The request id the write was recorded under.")
     recorded: int
     fresh_count: int = Field(description="Fresh interactions now kept for the user (bounded).")
     model_version: str

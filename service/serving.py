@@ -97,9 +97,11 @@ class Serving:
         rec = self.manager.require()
         self._check(rec, {"items": req.items})
         timestamps = req.timestamps if req.timestamps is not None else [time.time()] * len(req.items)
-        kept = await self.store.add_interactions(req.user_id, req.items, timestamps)
+        request_id = req.request_id or uuid.uuid4().hex
+        kept = await self.store.add_interactions(req.user_id, req.items, timestamps, request_id)
         return {
             "user_id": req.user_id,
+            "request_id": request_id,
             "recorded": len(req.items),
             "fresh_count": kept,
             "model_version": rec.version,

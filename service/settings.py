@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Longest item list in a request (interactions, exclude_items, items)."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body not fully received this long after its headers gets 408.",
+    )
 
     # Redis: cache and fresh-interaction store
     redis_url: str | None = Field(
@@ -72,6 +77,11 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = Field(default=3600, ge=1, description="Time to live of a cached user vector.")
     cache_max_entries: int = Field(default=100_000, ge=1, description="Embedded cache only: LRU size bound.")
+    fresh_max_users: int = Field(
+        default=100_000,
+        ge=1,
+        description="Embedded store only: users with fresh interactions kept (never evicted; beyond it 503).",
+    )
     fresh_max_per_user: int = Field(
         default=500, ge=1, description="Fresh interactions kept per user (oldest dropped beyond it)."
     )
@@ -79,6 +89,11 @@ class Settings(BaseSettings):
         default=30 * 86400,
         ge=1,
         description="Fresh interactions of a user expire this long after the last one.",
+    )
+
+    interactions_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token POST /interactions requires (the admin token works too). Unset = open.",
     )
 
     # Retraining
@@ -101,6 +116,11 @@ class Settings(BaseSettings):
     )
     retrain_queue: str = Field(default="mmssl-retrain", min_length=1, description="RQ queue name.")
     retrain_timeout_s: int = Field(default=6 * 3600, ge=10, description="A job running longer is killed.")
+    retrain_heartbeat_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="A running job refreshes its lock this often (TTL 3x): a dead job frees it that soon.",
+    )
     retrain_jobs_dir: Path | None = Field(
         default=None, description="Spec/status/log files of jobs; default ARTIFACT_ROOT/.jobs."
     )
@@ -118,6 +138,8 @@ class Settings(BaseSettings):
             raise ValueError(f"DEFAULT_K ({self.default_k}) is larger than MAX_K ({self.max_k})")
         if self.admin_token is not None and not self.admin_token.get_secret_value():
             self.admin_token = None
+        if self.interactions_token is not None and not self.interactions_token.get_secret_value():
+            self.interactions_token = None
         return self
 
     @property

@@ -20,17 +20,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # not redis.retry's: the async client silently skips its retries
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from service.errors import StoreUnavailableError
 from service.metrics import Metrics
@@ -38,6 +39,25 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _FP_LEN = 8  # bytes of fresh-list fingerprint in front of a cached vector
+REQUEST_ID_TTL_S = 24 * 3600  # how long a write's request id is remembered (re-sends are no-ops)
+_MAX_SEEN = 1_000_000  # embedded store: most request ids remembered
+
+# One command, so that it is applied whole or not at all and redis-py may re-send it after a dropped
+# connection (it does not re-send a MULTI/EXEC transaction, and a stale pooled connection after a
+# Redis restart failed the first write on it); the request-id key makes a re-send a no-op.
+# KEYS: fresh list, fresh-users set, vector hash, request-id key.
+# ARGV: fresh_max, fresh_ttl_s, user_id, request_id_ttl_s, entries...
+_ADD_INTERACTIONS = """
+if redis.call('set', KEYS[4], '1', 'NX', 'EX', ARGV[4]) == false then
+  return redis.call('llen', KEYS[1])
+end
+redis.call('rpush', KEYS[1], unpack(ARGV, 5))
+redis.call('ltrim', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('expire', KEYS[1], ARGV[2])
+redis.call('sadd', KEYS[2], ARGV[3])
+redis.call('del', KEYS[3])
+return redis.call('llen', KEYS[1])
+"""
 _NO_FRESH_FP = b"\0" * _FP_LEN
 
 
@@ -71,8 +91,13 @@ class Store(ABC):
         """Cache ``vector`` for ``version``, valid while the user's fresh list has ``fingerprint``."""
 
     @abstractmethod
-    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
-        """Record fresh interactions, drop the user's cached vectors; returns how many are kept."""
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], request_id: str | None = None
+    ) -> int:
+        """Record fresh interactions, drop the user's cached vectors; returns how many are kept.
+
+        A ``request_id`` seen in the last ``REQUEST_ID_TTL_S`` is not applied again (the write is
+        idempotent): a client that got no answer, or a 503, re-sends it safely."""
 
     @abstractmethod
     async def fresh_snapshot(self) -> dict[str, list[str]]:
@@ -89,82 +114,119 @@ class Store(ABC):
 
 
 @dataclass
-class _EmbeddedUser:
-    fresh: deque[tuple[str, float]]
-    generation: int = 0
-    expires_at: float = 0.0
-    vectors: dict[str, tuple[float, bytes, np.ndarray]] = field(default_factory=dict)  # version ->
+class _EmbeddedFresh:
+    items: deque[tuple[str, float]]
+    generation: int
+    expires_at: float
 
 
 class EmbeddedStore(Store):
-    """In-process store for a single process (no REDIS_URL): lost on restart."""
+    """In-process store for a single process (no REDIS_URL): lost on restart.
+
+    Cached vectors are an LRU bounded by ``max_entries`` users; fresh interactions are bounded
+    separately by ``max_fresh_users`` and never evicted to make room: an acknowledged write stays
+    until it expires, and a write for a new user when the bound is reached is refused (503)."""
 
     kind = "embedded"
 
-    def __init__(self, cache_ttl_s: int, fresh_max: int, fresh_ttl_s: int, max_entries: int) -> None:
+    def __init__(
+        self,
+        cache_ttl_s: int,
+        fresh_max: int,
+        fresh_ttl_s: int,
+        max_entries: int,
+        max_fresh_users: int = 100_000,
+    ) -> None:
         self.cache_ttl_s = cache_ttl_s
         self.fresh_max = fresh_max
         self.fresh_ttl_s = fresh_ttl_s
         self.max_entries = max_entries
-        self._users: OrderedDict[str, _EmbeddedUser] = OrderedDict()  # LRU order
+        self.max_fresh_users = max_fresh_users
+        self._fresh: dict[str, _EmbeddedFresh] = {}
+        self._vectors: OrderedDict[str, dict[str, tuple[float, bytes, np.ndarray]]] = OrderedDict()  # LRU
+        self._generation = 0  # one counter for all users: a fingerprint is never reused
+        self._seen: OrderedDict[str, float] = OrderedDict()  # request id -> expiry, oldest first
 
-    def _user(self, user_id: str, create: bool) -> _EmbeddedUser | None:
-        now = time.monotonic()
-        user = self._users.get(user_id)
-        if user is not None and user.fresh and user.expires_at < now:
-            user.fresh.clear()
-            user.generation += 1
-        if user is None and create:
-            user = _EmbeddedUser(deque(maxlen=self.fresh_max))
-            self._users[user_id] = user
-            while len(self._users) > self.max_entries:
-                self._users.popitem(last=False)
-        if user is not None:
-            self._users.move_to_end(user_id)
-        return user
+    def _fresh_of(self, user_id: str) -> _EmbeddedFresh | None:
+        fresh = self._fresh.get(user_id)
+        if fresh is not None and fresh.expires_at < time.monotonic():
+            del self._fresh[user_id]
+            return None
+        return fresh
 
-    @staticmethod
-    def _fingerprint(user: _EmbeddedUser) -> bytes:
-        return user.generation.to_bytes(_FP_LEN, "little") if user.fresh else _NO_FRESH_FP
+    def _fingerprint(self, user_id: str) -> bytes:
+        fresh = self._fresh_of(user_id)
+        return fresh.generation.to_bytes(_FP_LEN, "little") if fresh is not None else _NO_FRESH_FP
 
     async def get_user_state(self, version: str, user_id: str) -> UserState:
-        user = self._user(user_id, create=False)
-        if user is None:
-            return EMPTY_STATE
-        fp = self._fingerprint(user)
+        fp = self._fingerprint(user_id)
+        fresh = self._fresh.get(user_id)
+        items = [item for item, _ in fresh.items] if fresh is not None else []
         vector = None
-        entry = user.vectors.get(version)
-        if entry is not None:
-            expires_at, entry_fp, entry_vector = entry
-            if expires_at >= time.monotonic() and entry_fp == fp:
-                vector = entry_vector
-            else:
-                del user.vectors[version]
-        return UserState(vector, [item for item, _ in user.fresh], fp)
+        vectors = self._vectors.get(user_id)
+        if vectors is not None:
+            self._vectors.move_to_end(user_id)
+            entry = vectors.get(version)
+            if entry is not None:
+                expires_at, entry_fp, entry_vector = entry
+                if expires_at >= time.monotonic() and entry_fp == fp:
+                    vector = entry_vector
+                else:
+                    del vectors[version]
+        if vector is None and not items:
+            return EMPTY_STATE
+        return UserState(vector, items, fp)
 
     async def set_user_vector(
         self, version: str, user_id: str, fingerprint: bytes, vector: np.ndarray
     ) -> None:
-        user = self._user(user_id, create=True)
-        assert user is not None
-        if fingerprint == self._fingerprint(user):
-            user.vectors[version] = (time.monotonic() + self.cache_ttl_s, fingerprint, vector.copy())
+        if fingerprint != self._fingerprint(user_id):
+            return
+        vectors = self._vectors.setdefault(user_id, {})
+        self._vectors.move_to_end(user_id)
+        vectors[version] = (time.monotonic() + self.cache_ttl_s, fingerprint, vector.copy())
+        while len(self._vectors) > self.max_entries:
+            self._vectors.popitem(last=False)
 
-    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
-        user = self._user(user_id, create=True)
-        assert user is not None
-        user.fresh.extend(zip(items, timestamps, strict=True))
-        user.generation += 1
-        user.expires_at = time.monotonic() + self.fresh_ttl_s
-        user.vectors.clear()
-        return len(user.fresh)
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], request_id: str | None = None
+    ) -> int:
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now:
+            self._seen.popitem(last=False)
+        if request_id is not None and request_id in self._seen:
+            fresh = self._fresh_of(user_id)
+            return len(fresh.items) if fresh is not None else 0
+        fresh = self._fresh_of(user_id)
+        if fresh is None:
+            if len(self._fresh) >= self.max_fresh_users:
+                now = time.monotonic()
+                for gone in [u for u, f in self._fresh.items() if f.expires_at < now]:
+                    del self._fresh[gone]
+            if len(self._fresh) >= self.max_fresh_users:
+                raise StoreUnavailableError(
+                    f"cannot record interactions: the embedded store holds fresh interactions of "
+                    f"FRESH_MAX_USERS={self.max_fresh_users} users (set REDIS_URL for more); "
+                    "nothing was recorded"
+                )
+            fresh = self._fresh[user_id] = _EmbeddedFresh(deque(maxlen=self.fresh_max), 0, 0.0)
+        fresh.items.extend(zip(items, timestamps, strict=True))
+        self._generation += 1
+        fresh.generation = self._generation
+        fresh.expires_at = time.monotonic() + self.fresh_ttl_s
+        self._vectors.pop(user_id, None)
+        if request_id is not None:
+            self._seen[request_id] = now + REQUEST_ID_TTL_S
+            while len(self._seen) > _MAX_SEEN:
+                self._seen.popitem(last=False)
+        return len(fresh.items)
 
     async def fresh_snapshot(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for user_id in list(self._users):
-            user = self._user(user_id, create=False)
-            if user is not None and user.fresh:
-                out[user_id] = list(dict.fromkeys(item for item, _ in user.fresh))
+        for user_id in list(self._fresh):
+            fresh = self._fresh_of(user_id)
+            if fresh is not None and fresh.items:
+                out[user_id] = list(dict.fromkeys(item for item, _ in fresh.items))
         return out
 
 
@@ -187,6 +249,7 @@ class RedisStore(Store):
         self.fresh_max = fresh_max
         self.fresh_ttl_s = fresh_ttl_s
         self._users_key = f"{prefix}:fresh_users"
+        self._add_script = client.register_script(_ADD_INTERACTIONS)
 
     @classmethod
     def from_url(
@@ -196,7 +259,8 @@ class RedisStore(Store):
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # one immediate retry replaces a pooled connection that died with a Redis restart
+            # one immediate retry replaces a pooled connection that died with a Redis restart (safe for
+            # writes too: add_interactions is one idempotent script call)
             retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
         )
@@ -234,18 +298,17 @@ class RedisStore(Store):
             pipe.expire(key, self.cache_ttl_s)
             await pipe.execute()
 
-    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], request_id: str | None = None
+    ) -> int:
         key = self._fresh_key(user_id)
         entries = [orjson.dumps([item, ts]) for item, ts in zip(items, timestamps, strict=True)]
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *entries)
-            pipe.ltrim(key, -self.fresh_max, -1)
-            pipe.expire(key, self.fresh_ttl_s)
-            pipe.sadd(self._users_key, user_id)
-            pipe.delete(self._vec_key(user_id))
-            pipe.llen(key)
-            result = await pipe.execute()
-        return int(result[-1])
+        request_key = f"{self.prefix}:req:{request_id or uuid.uuid4().hex}"
+        kept = await self._add_script(
+            keys=[key, self._users_key, self._vec_key(user_id), request_key],
+            args=[self.fresh_max, self.fresh_ttl_s, user_id, REQUEST_ID_TTL_S, *entries],
+        )
+        return int(kept)
 
     async def fresh_snapshot(self) -> dict[str, list[str]]:
         members = await self.client.smembers(self._users_key)
@@ -325,12 +388,20 @@ class FailOpenStore(Store):
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("set_user_vector", exc)
 
-    async def add_interactions(self, user_id: str, items: Sequence[str], timestamps: Sequence[float]) -> int:
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], request_id: str | None = None
+    ) -> int:
         try:
-            kept = await self.inner.add_interactions(user_id, items, timestamps)
+            kept = await self.inner.add_interactions(user_id, items, timestamps, request_id)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("add_interactions", exc)
-            raise StoreUnavailableError(f"cannot record interactions: Redis is unavailable ({exc})") from exc
+            log.warning("cannot record interactions", extra={"error": repr(exc)})
+            # Refused, reset or timed out: a write that reached a frozen Redis is applied when it
+            # resumes, so the outcome is unknown here; the request id makes a re-send safe.
+            raise StoreUnavailableError(
+                "cannot record interactions: Redis is unavailable or did not answer in time; they may or "
+                "may not be recorded: re-send the request with the same request_id (applied at most once)"
+            ) from exc
         self._recovered()
         return kept
 
@@ -340,7 +411,7 @@ class FailOpenStore(Store):
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("fresh_snapshot", exc)
             raise StoreUnavailableError(
-                f"cannot read the fresh interactions for the retrain: Redis is unavailable ({exc})"
+                "cannot read the fresh interactions for the retrain: Redis is unavailable"
             ) from exc
 
     async def healthy(self) -> bool:

@@ -249,6 +249,10 @@ def test_retrain_job_promotes_then_rejects_a_worse_model(tiny_data, tmp_path):
     extra = {"new-user": ["0", "1", "2"], "0": ["5"]}
     second = retrain_job({**base, "job_id": "j2", "extra_interactions": extra, "tolerance": -1.0})
     assert not second["promoted"] and "worse" in second["reason"]
+    # champion and challenger scored in this job, on this job's validation data
+    gate = second["promotion"]
+    assert gate["versions"]["serving"] == first["model_version"] and gate["scores"]["serving"] is not None
+    assert gate["scores"]["candidate"] is not None and gate["dataset_fingerprint"]
     assert read_current(store) == first["model_version"]
     art = load_artifact(second["artifact_path"])
     assert "new-user" in art.arrays.user_ids

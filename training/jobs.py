@@ -34,11 +34,18 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
-class _Reporter:
-    """Progress to the RQ job's meta when running under RQ, and to the status file if given."""
+class ProgressReporter:
+    """Progress to the RQ job's meta when running under RQ, and to the status file if given.
 
-    def __init__(self, status_file: str | None) -> None:
+    A Redis outage must not end the job (it raised out of the training loop and the RQ worker
+    exited): each save is retried a few times with backoff, then the latest progress stays buffered
+    in the job's meta and goes out with the next report."""
+
+    def __init__(self, status_file: str | None, retries: int = 3, backoff_s: float = 0.2) -> None:
         self.status_file = status_file
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.pending = False  # the latest progress has not reached Redis yet
         try:
             from rq import get_current_job
 
@@ -46,16 +53,102 @@ class _Reporter:
         except Exception:  # noqa: BLE001 - rq missing or not inside a worker
             self.rq_job = None
 
+    def _save_meta(self) -> None:
+        assert self.rq_job is not None
+        for attempt in range(self.retries + 1):
+            try:
+                self.rq_job.save_meta()
+            except Exception as exc:  # noqa: BLE001 - redis errors, whatever the client raises
+                if attempt == self.retries:
+                    if not self.pending:
+                        log.warning("cannot report progress to Redis; kept for the next report: %r", exc)
+                    self.pending = True
+                    return
+                time.sleep(self.backoff_s * 2**attempt)
+            else:
+                self.pending = False
+                return
+
     def __call__(self, progress: dict[str, Any]) -> None:
         if self.rq_job is not None:
             self.rq_job.meta["progress"] = progress
-            self.rq_job.save_meta()
+            self._save_meta()
         _write_status(self.status_file, {"state": "running", "progress": progress})
+
+
+PROMOTIONS_DIR = ".promotions"  # under ARTIFACT_ROOT: one record per promoted version
+
+
+def _read_record(root: Path, version: str) -> dict[str, Any]:
+    try:
+        data = json.loads((root / PROMOTIONS_DIR / f"{version}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_promotion_record(root: Path, version: str, gate: dict[str, Any]) -> None:
+    """What the gate measured when ``version`` was promoted, and its reference (see promotion_gate)."""
+    _write_status(str(root / PROMOTIONS_DIR / f"{version}.json"), gate)
+
+
+def promotion_gate(
+    root: Path, champion: str | None, candidate: str, dataset: Any, tolerance: float, force: bool
+) -> dict[str, Any]:
+    """Champion/challenger: the serving model, the candidate and the serving model's reference are
+    scored with ``contract.served_recall`` on this job's validation data, then
+    ``contract.promotion_decision`` decides. Never the numbers in the manifests, which may come from
+    other validation data.
+
+    The reference is the last model promoted on merit (not within the tolerance): a promotion on
+    merit makes the candidate its own reference, one within the tolerance keeps the champion's.
+    """
+    from artifact.contract import ArtifactError, load_artifact, promotion_decision, served_recall
+
+    val_users = dataset.val.users_with_items()
+    target = {dataset.user_ids[u]: [dataset.item_ids[i] for i in dataset.val.items_of(u)] for u in val_users}
+    train = {dataset.user_ids[u]: [dataset.item_ids[i] for i in dataset.train.items_of(u)] for u in val_users}
+
+    def score(version: str | None) -> float | None:
+        if version is None:
+            return None
+        try:
+            return served_recall(load_artifact(root / version), train, target)[0]
+        except (ArtifactError, OSError) as exc:
+            log.warning("cannot score %s for the promotion gate: %s", version, exc)
+            return None
+
+    reference = _read_record(root, champion).get("reference") if champion else None
+    if reference == champion:
+        reference = None
+    scores = {"candidate": score(candidate), "serving": score(champion), "reference": score(reference)}
+    promoted, reason = promotion_decision(
+        scores["candidate"], scores["serving"], tolerance, force, reference=scores["reference"]
+    )
+    # The reference the candidate carries if promoted: itself when it beat the bar (or was forced:
+    # the operator's choice is the new baseline), else whichever of serving / reference set the bar.
+    bar_holder, bar = champion, scores["serving"]
+    if scores["reference"] is not None and (bar is None or scores["reference"] > bar):
+        bar_holder, bar = reference, scores["reference"]
+    on_merit = bar is None or (scores["candidate"] is not None and scores["candidate"] >= bar)
+    carried = candidate if on_merit or force else bar_holder
+    return {
+        "promoted": promoted,
+        "reason": reason,
+        "metric": "recall@20",
+        "scores": scores,
+        "versions": {"candidate": candidate, "serving": champion, "reference": reference},
+        "tolerance": tolerance,
+        "forced": force,
+        "n_val_users": len(target),
+        "dataset_fingerprint": dataset.fingerprint,
+        "reference": carried,
+    }
 
 
 def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one retrain; raise on failure (RQ marks the job failed with the message)."""
-    from artifact.contract import promotion_decision, read_current, set_current
+    from artifact.contract import read_current, set_current
     from training.config import load_config
     from training.data import load_dataset
     from training.export import export_checkpoint
@@ -63,7 +156,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     job_id = str(spec.get("job_id") or "job")
-    report = _Reporter(spec.get("status_file"))
+    report = ProgressReporter(spec.get("status_file"))
     report({"stage": "loading", "epoch": 0})
     overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("overrides") or {}).items()]
     cfg = load_config(spec.get("config"), overrides)
@@ -95,11 +188,13 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         if not spec.get("keep_run"):
             shutil.rmtree(run_dir, ignore_errors=True)
-    promoted, reason = promotion_decision(
-        root, path.name, float(spec.get("tolerance", 0.0)), bool(spec.get("force"))
+    gate = promotion_gate(
+        root, parent, path.name, dataset, float(spec.get("tolerance", 0.0)), bool(spec.get("force"))
     )
+    promoted, reason = gate["promoted"], gate["reason"]
     if promoted:
         set_current(root, path.name)
+        write_promotion_record(root, path.name, gate)
     log.info("job %s: %s %s (%s)", job_id, path.name, "promoted" if promoted else "rejected", reason)
     return {
         "job_id": job_id,
@@ -108,6 +203,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
         "parent_version": parent,
         "promoted": promoted,
         "reason": reason,
+        "promotion": gate,
         "metrics": {"val": result.best_metrics},
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,

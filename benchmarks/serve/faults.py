@@ -13,6 +13,11 @@
                       serving model and CURRENT are untouched; the service reports the job failed
                       once the worker's heartbeat for it has lapsed (~70 s: waited for by the script,
                       fast-forwarded in the test); the next retrain is accepted and runs on a new worker.
+* ``redis_killed_during_retrain`` Redis SIGKILLed while the RQ worker runs a retrain, restarted empty:
+                      the job outlives it and promotes, the worker survives, the next retrain runs.
+* ``redis_restart_writes`` POST /interactions from writer threads while Redis (append-only, fsync
+                      always) is SIGKILLed and restarted: every write answered 200 is in Redis after,
+                      503s are re-sent with their request_id, none is applied twice.
 * ``sigterm``         SIGTERM to uvicorn under load (closed loop, 16 connections): the server drains;
                       every request the application started was completed and answered 200 (server-side
                       counters of ``benchmarks.serve.probe`` against the client's counts); the only
@@ -60,7 +65,8 @@ from benchmarks.serve.procs import (
 ADMIN_TOKEN = "fault-scenario-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STANDIN_JOB = "benchmarks.serve.standin.retrain_job"
-SCENARIOS = ("redis_restart", "retrain_swap", "corrupt_artifact", "worker_killed", "sigterm")
+SCENARIOS = ("redis_restart", "retrain_swap", "corrupt_artifact", "worker_killed", "redis_killed_during_retrain",
+             "redis_restart_writes", "sigterm")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ deployment
@@ -96,11 +102,12 @@ def deploy(
     n_items: int = 1_500,
     redis_password: str | None = None,
     access_log: bool = False,
+    redis_persistent: bool = False,
     **extra_env: str,
 ) -> Iterator[Deployment]:
     """A private redis-server, an artifact store with one synthetic model, the API (and the worker)."""
     work.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(work, password=redis_password)
+    redis = RedisServer(work, password=redis_password, persistent=redis_persistent)
     redis.start()
     procs: list[Managed] = []
     try:
@@ -222,14 +229,22 @@ def redis_restart(work: Path, workers: int = 1, before_s: float = 3, down_s: flo
         dep.redis.kill()
         time.sleep(down_s)
         m1 = scrape(dep.api.url)
-        t_restart = load.at()
         dep.redis.start()
+        t_restart = load.at()
+
+        def cache_used_again() -> bool:
+            # an event, not a fixed delay: the store retries Redis REDIS_RETRY_S after its last error,
+            # and the first cached vector must be written before one is read back
+            with httpx.Client(base_url=dep.api.url, timeout=5) as c:
+                return any(c.post("/recommend", json={"user_id": "u1"}).json()["cache_hit"] for _ in range(3))
+
+        _wait(cache_used_again, 30, "the cache to be used again after the restart", interval=0.2)
         time.sleep(after_s)
         m2 = scrape(dep.api.url)
         result = load.stop()
     tl = result["timeline"]
     down = [s for s in tl if t_kill + 1 <= s["second"] and s["second"] + 1 <= t_restart]  # whole seconds
-    after = [s for s in tl if s["second"] >= t_restart + 1.5]
+    after = [s for s in tl if s["second"] >= t_restart]  # seconds that began once Redis was back
     out = {
         **_counts(result),
         "workers": workers,
@@ -331,7 +346,10 @@ def corrupt_artifact(
         for i, how in enumerate(("flipped_byte", "missing_file")):
             before = scrape(dep.api.url)
             bad = _publish_broken(dep.root, how, seed=10 + i, n_users=dep.n_users, n_items=dep.n_items)
-            time.sleep(wait_s)  # several polls of CURRENT
+            # wait for the refusal itself (not a fixed delay), then a few more polls of CURRENT
+            _wait(lambda b=bad: b in (httpx.get(dep.api.url + "/model", timeout=5).json()["last_load_error"] or ""),
+                  30, f"the refusal of {how}")  # fmt: skip
+            time.sleep(wait_s)
             model = httpx.get(dep.api.url + "/model", timeout=5).json()
             ready = httpx.get(dep.api.url + "/readyz", timeout=5)
             after = scrape(dep.api.url)
@@ -404,6 +422,7 @@ def worker_killed(
         time.sleep(2)
         right_after = job()
         serving_after_kill = dep.version()
+        current_after_kill = (dep.root / "CURRENT").read_text().strip()  # re-read: the kill must not move it
         busy = httpx.post(dep.api.url + "/retrain", headers=AUTH, timeout=10)
         t_kill = time.monotonic()
         if real_expiry:  # wait for the worker's heartbeat to lapse (10 s interval + RQ's 60 s grace)
@@ -427,7 +446,6 @@ def worker_killed(
                 _wait(lambda: dep.version() == status2["model_version"], 20, "the swap after recovery")
         time.sleep(0.5)
         result = load.stop()
-        current_after_kill = current_before  # CURRENT is only moved by the recovery job
     out = {**_counts(result), "workers": workers, "job_id": job_id, "progress_at_kill": running.get("progress"),
            "killed_pids": killed, "state_right_after_kill": right_after["state"],
            "retrain_while_dead_job_holds_lock": busy.status_code, "expired_executions": expired,
@@ -441,12 +459,173 @@ def worker_killed(
         problems.append(f"{result['failed']} requests failed: {result['failures']}")
     if serving_after_kill != old:
         problems.append(f"the killed job changed the serving model: {serving_after_kill} != {old}")
+    if current_after_kill != current_before:
+        problems.append(f"the killed job moved CURRENT: {current_before} -> {current_after_kill}")
     if after_cleanup["state"] != "failed":
         problems.append(
             f"the killed job reads {after_cleanup['state']!r} after RQ's clean-up, expected 'failed'"
         )
     if r2.status_code != 202 or status2.get("state") != "finished":
         problems.append(f"the next retrain after the kill did not run: {r2.status_code} {status2}")
+    return {**out, "problems": problems}
+
+
+def redis_killed_during_retrain(
+    work: Path, workers: int = 1, down_s: float = 2.0, job_s: float = 6.0, concurrency: int = 4
+) -> dict[str, Any]:
+    """Redis SIGKILLed while the worker runs a retrain (progress is written to Redis every second),
+    restarted empty after ``down_s``: the job outlives the outage and promotes its model, the worker
+    process survives, and the next retrain is accepted and runs. (The job's RQ record goes with
+    Redis's data: its status may then read unknown; the promotion is in the artifact store.)"""
+    problems: list[str] = []
+    with deploy(work, workers=workers, with_worker=True) as dep:
+        assert dep.worker is not None
+        load = Load(dep, "retrain-redis", concurrency=concurrency, workload="recommend")
+        r = httpx.post(
+            dep.api.url + "/retrain", json={"overrides": {"sleep": job_s}}, headers=AUTH, timeout=10
+        )
+        r.raise_for_status()
+        job_id = r.json()["job_id"]
+
+        def status(jid: str) -> tuple[int, dict[str, Any]]:
+            resp = httpx.get(f"{dep.api.url}/retrain/{jid}", headers=AUTH, timeout=5)
+            return resp.status_code, resp.json()
+
+        _wait(lambda: (s := status(job_id)[1]).get("state") == "running" and (s.get("progress") or {}).get("epoch"),
+              60, "the job to run")  # fmt: skip
+        dep.redis.kill()
+        time.sleep(down_s)
+        dep.redis.start()
+        # the job outlives the outage (its progress writes fail and are retried) and promotes its
+        # model; an event with a deadline, not a fixed sleep
+        current_before = (dep.root / "CURRENT").read_text().strip()
+        try:
+            _wait(
+                lambda: (dep.root / "CURRENT").read_text().strip() != current_before,
+                job_s + 60,
+                "the promotion",
+            )
+            first_promoted = True
+        except TimeoutError:
+            first_promoted = False
+        code, body = status(job_id)
+        first_end = "forgotten (Redis restarted empty)" if code == 404 else body.get("state")
+        worker_alive = dep.worker.alive()
+
+        def submit() -> httpx.Response | None:
+            resp = httpx.post(
+                dep.api.url + "/retrain", json={"overrides": {"sleep": 0}}, headers=AUTH, timeout=10
+            )
+            return resp if resp.status_code == 202 else None
+
+        r2 = _wait(submit, 30, "the next retrain to be accepted", interval=0.5)
+        job2 = r2.json()["job_id"]
+        second = _wait(
+            lambda: (st := status(job2)[1]).get("state") in ("finished", "failed") and st, 60, "the next job"
+        )
+        worker_alive = worker_alive and dep.worker.alive()
+        time.sleep(0.5)
+        result = load.stop()
+    out = {**_counts(result), "workers": workers, "first_job_end": first_end, "first_job_promoted": first_promoted,
+           "worker_alive_after": worker_alive,
+           "next_retrain_state": second.get("state"), "next_retrain_promoted": second.get("promoted")}  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} requests failed: {result['failures']}")
+    if not worker_alive:
+        problems.append("the RQ worker process exited when Redis went away")
+    if not first_promoted:
+        problems.append(
+            f"the job running during the outage did not complete its promotion (it ended {first_end!r})"
+        )
+    if second.get("state") != "finished":
+        problems.append(f"the next retrain did not finish: {second}")
+    return {**out, "problems": problems}
+
+
+def redis_restart_writes(
+    work: Path, workers: int = 1, before_s: float = 2.0, down_s: float = 2.0, after_s: float = 2.0,
+    writers: int = 4, concurrency: int = 4,
+) -> dict[str, Any]:  # fmt: skip
+    """POST /interactions from ``writers`` threads (and /recommend load) while Redis (append-only,
+    fsync always) is SIGKILLed and restarted: every write answered 200 is in Redis afterwards, and a
+    write answered 503 is re-sent with its request_id until acknowledged, so none is applied twice."""
+    import threading
+
+    import redis as redis_client
+
+    problems: list[str] = []
+    counts = {"sent": 0, "ok": 0, "answered_503": 0, "other_failures": 0, "gave_up": 0}
+    acked: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    with deploy(work, workers=workers, redis_persistent=True) as dep:
+        load = Load(dep, "writes", concurrency=concurrency, workload="recommend")
+
+        def writer(t: int) -> None:
+            with httpx.Client(base_url=dep.api.url, timeout=10) as client:
+                n = 0
+                while not stop.is_set():
+                    user, item = f"w{t}-{n // 50}", f"i{n % 50}"
+                    body = {"user_id": user, "items": [item], "request_id": f"w{t}-{n}"}
+                    deadline = time.monotonic() + 30
+                    while True:  # a 503 is re-sent with the same request id
+                        with lock:
+                            counts["sent"] += 1
+                        try:
+                            code = client.post("/interactions", json=body).status_code
+                        except httpx.HTTPError:
+                            code = -1
+                        if code == 200:
+                            with lock:
+                                counts["ok"] += 1
+                                acked.append((user, item))
+                            break
+                        with lock:
+                            counts["answered_503" if code == 503 else "other_failures"] += 1
+                        if time.monotonic() > deadline:
+                            with lock:
+                                counts["gave_up"] += 1
+                            break
+                        time.sleep(0.1)
+                    n += 1
+
+        threads = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(writers)]
+        for th in threads:
+            th.start()
+        time.sleep(before_s)
+        dep.redis.kill()
+        time.sleep(down_s)
+        dep.redis.start()
+        time.sleep(after_s)
+        stop.set()
+        for th in threads:
+            th.join(60)
+        result = load.stop()
+        conn = redis_client.Redis.from_url(dep.redis.url)
+        try:
+            prefix = dep.env["REDIS_PREFIX"]
+            stored: dict[tuple[str, str], int] = {}
+            for user in {u for u, _ in acked}:
+                for raw in conn.lrange(f"{prefix}:fresh:{user}", 0, -1):
+                    key = (user, json.loads(raw)[0])
+                    stored[key] = stored.get(key, 0) + 1
+        finally:
+            conn.close()
+    lost = [k for k in acked if k not in stored]
+    applied_twice = [k for k, c in stored.items() if c > 1]
+    out = {**_counts(result), "workers": workers, "writes": counts, "writes_acknowledged": len(acked),
+           "acknowledged_but_lost": len(lost), "applied_twice": len(applied_twice),
+           "lost_examples": lost[:5]}  # fmt: skip
+    if result["failed"]:
+        problems.append(f"{result['failed']} recommend requests failed: {result['failures']}")
+    if lost:
+        problems.append(f"{len(lost)} acknowledged writes are not in Redis: {lost[:5]}")
+    if applied_twice:
+        problems.append(f"{len(applied_twice)} writes were applied twice: {applied_twice[:5]}")
+    if counts["gave_up"] or counts["other_failures"]:
+        problems.append(f"writes not acknowledged within 30 s of re-sending, or not 200/503: {counts}")
+    if counts["answered_503"] == 0:
+        problems.append("no write was refused while Redis was down: the fault was not exercised")
     return {**out, "problems": problems}
 
 
@@ -508,6 +687,8 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "retrain_swap": retrain_swap,
     "corrupt_artifact": corrupt_artifact,
     "worker_killed": worker_killed,
+    "redis_killed_during_retrain": redis_killed_during_retrain,
+    "redis_restart_writes": redis_restart_writes,
     "sigterm": sigterm,
 }
 
@@ -536,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs |= {"before_s": args.phase, "down_s": args.phase, "after_s": args.phase}
         elif name == "sigterm":
             kwargs |= {"before_s": args.phase}
+        elif name == "redis_restart_writes":
+            kwargs |= {"before_s": args.phase, "down_s": args.phase, "after_s": args.phase}
         elif name == "retrain_swap":
             kwargs |= {"settle_s": args.phase / 2}
         elif name == "worker_killed":

@@ -120,7 +120,12 @@ def secrets_in_logs(work: Path) -> dict[str, Any]:
             ]
             job = c.post("/retrain", headers=auth)  # 409 while the first runs, or 202
             codes.append(job.status_code)
-            time.sleep(3)  # let the worker pick the job up and log
+            # wait for the worker to pick the job up and log it (an event with a deadline: starting
+            # the worker imports the job's libraries, slow on a busy machine)
+            deadline = time.monotonic() + 60
+            while dep.worker.log_text().count("\n") <= 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)  # the lines that follow the first ones
         logs = {"api": dep.api.log_text(), "worker": dep.worker.log_text()}
     found = {
         name: {secret: text.count(secret) for secret in (ADMIN_TOKEN, REDIS_PASSWORD)}

@@ -135,11 +135,16 @@ class RedisServer:
     """A private ``redis-server`` on a free port (never the shared one); can be killed and restarted
     on the same port."""
 
-    def __init__(self, workdir: Path, password: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, port: int | None = None, persistent: bool = False
+    ) -> None:
+        """``persistent``: an append-only file fsynced on every write, so that a write Redis
+        acknowledged survives a SIGKILL and restart (the default keeps nothing, like a cache)."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
         self.password = password
+        self.persistent = persistent
         self.workdir = workdir
         auth = f":{password}@" if password else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
@@ -147,7 +152,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+                "--dir", str(self.workdir)]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = Managed(argv, dict(os.environ), self.workdir / f"redis-{self.port}.log")

@@ -14,16 +14,10 @@ import numpy as np
 from artifact import contract
 
 
-def _progress(progress: dict[str, Any]) -> None:
-    from rq import get_current_job
-
-    job = get_current_job()
-    if job is not None:
-        job.meta["progress"] = progress
-        job.save_meta()
-
-
 def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
+    from training.jobs import ProgressReporter  # torch-free; the trainer's own Redis-tolerant reporter
+
+    report = ProgressReporter(None)
     root = Path(spec["artifact_root"])
     sleep = float(spec.get("overrides", {}).get("sleep", 0.0))
     serving = contract.read_current(root)
@@ -33,7 +27,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     epoch = 0
     while time.monotonic() < t_end:
         epoch += 1
-        _progress({"epoch": epoch, "stage": "training"})
+        report({"epoch": epoch, "stage": "training"})
         time.sleep(min(1.0, max(0.0, t_end - time.monotonic())))
     m, a = old.manifest, old.arrays
     rng = np.random.default_rng(len(contract.list_versions(root)))
@@ -45,11 +39,12 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     m.created_at = contract.utc_now()
     m.metrics = {"val": {"recall@20": (old.manifest.val_recall20() or 0.0) + 0.01}}
     path = contract.write_artifact(root, m, a)
+    # a stand-in for the champion/challenger gate: the scores are the ones it made up
     promoted, reason = contract.promotion_decision(
-        root, m.model_version, spec["tolerance"], bool(spec.get("force"))
+        m.val_recall20(), old.manifest.val_recall20(), spec["tolerance"], bool(spec.get("force"))
     )
     if promoted:
         contract.set_current(root, m.model_version)
-    _progress({"epoch": epoch, "stage": "exported"})
+    report({"epoch": epoch, "stage": "exported"})
     return {"job_id": spec["job_id"], "model_version": m.model_version, "artifact_path": str(path),
             "promoted": promoted, "reason": reason, "metrics": m.metrics}  # fmt: skip

@@ -66,8 +66,9 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     m.metrics = {"val": {"recall@20": recall, "ndcg@20": recall / 2}}
     m.notes = {"extra_interactions": spec.get("extra_interactions", {}), "job_id": spec["job_id"]}
     path = contract.write_artifact(root, m, a)
+    # a stand-in for the champion/challenger gate: the scores are the ones it made up
     promoted, reason = contract.promotion_decision(
-        root, m.model_version, spec["tolerance"], bool(spec.get("force"))
+        recall, old_recall, spec["tolerance"], bool(spec.get("force"))
     )
     if promoted:
         contract.set_current(root, m.model_version)

@@ -176,7 +176,7 @@ class ServerProcess:
         )  # fmt: skip
         self.log_path = log_path
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:  # three processes importing at once on 2 cores
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log_path.read_text()
