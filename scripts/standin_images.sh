@@ -79,7 +79,7 @@ derive() { # name, then --change instructions
 }
 derive "$python_image" 'CMD ["python3"]'
 derive "$redis_image" 'WORKDIR /data' 'USER redis' 'EXPOSE 6379' 'CMD ["redis-server"]'
-derive "$nginx_image" 'EXPOSE 80' 'STOPSIGNAL SIGQUIT' 'CMD ["nginx", "-g", "daemon off;"]'
+derive "$nginx_image" 'EXPOSE 80' 'CMD ["nginx", "-g", "daemon off;"]'
 
 echo "PYTHON_IMAGE=$python_image"
 echo "REDIS_IMAGE=$redis_image"
