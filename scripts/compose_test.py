@@ -787,8 +787,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"fault planted: {args.plant} ({planted.relative_to(REPO)})")
         stack = Stack(compose, engine.docker, env, files, int(env["API_PORT"]))
         stack.run("down", "-v", "--remove-orphans", check=False)  # a previous run's leftovers
-        with timer("build: images built"):
-            stack.run("build", timeout=1500)
+        with timer("build: images built (log .compose-test/build.log)"):
+            # api and worker only: init runs the worker's image (built twice otherwise).
+            build = stack.run("build", "api", "worker", check=False, timeout=1500)
+            (WORK / "build.log").write_text(build.stdout + build.stderr)
+            if build.returncode != 0:
+                raise StepFailed(
+                    f"build: docker compose build exited {build.returncode}: {build.stderr[-3000:]}"
+                )
         with timer("up: stack up (init trained the first model)"):
             stack.run("up", "-d", "--no-build", timeout=300)
             wait_until_up(stack, EXPECTED, args.up_timeout, replicas=2)

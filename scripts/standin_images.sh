@@ -63,23 +63,42 @@ if ! have "$base"; then
     --change 'CMD ["bash"]' "$tarball" "$base" >/dev/null
 fi
 
-# The three images differ only in their configuration (no layer of their own). `docker import`
-# sets it without a builder, so this works whatever builder the engine has.
-derive() { # name, then --change instructions
-  local name=$1
-  shift
+# The three images differ only in their configuration (and redis in a tiny entrypoint): made with
+# `docker create` + `docker cp` + `docker commit`, without a builder, so this works whatever
+# builder the engine has.
+derive() { # name, file to copy to /usr/local/bin/ or -, then --change instructions
+  local name=$1 file=$2
+  shift 2
   have "$name" && return 0
   say "making $name"
-  local container
+  local container changes=() ok=0
   container=$("$DOCKER" create "$base")
-  local changes=()
   for change in "$@"; do changes+=(--change "$change"); done
-  "$DOCKER" commit "${changes[@]}" "$container" "$name" >/dev/null
+  if [ "$file" = - ] || "$DOCKER" cp "$file" "$container:/usr/local/bin/"; then
+    "$DOCKER" commit "${changes[@]}" "$container" "$name" >/dev/null || ok=1
+  else
+    ok=1
+  fi
   "$DOCKER" rm "$container" >/dev/null
+  return $ok
 }
-derive "$python_image" 'CMD ["python3"]'
-derive "$redis_image" 'WORKDIR /data' 'USER redis' 'EXPOSE 6379' 'CMD ["redis-server"]'
-derive "$nginx_image" 'EXPOSE 80' 'CMD ["nginx", "-g", "daemon off;"]'
+# Like the official redis image's entrypoint: a bare `redis-server ...` (no config file) runs with
+# protected mode off, so that the other containers of the network may connect.
+entrypoint=$(mktemp -d)/redis-entrypoint
+cat >"$entrypoint" <<'SH'
+#!/bin/sh
+if [ "${1:-}" = redis-server ]; then
+    shift
+    set -- redis-server --protected-mode no "$@"
+fi
+exec "$@"
+SH
+chmod 755 "$entrypoint"
+derive "$python_image" - 'CMD ["python3"]'
+derive "$redis_image" "$entrypoint" 'WORKDIR /data' 'USER redis' 'EXPOSE 6379' \
+  'ENTRYPOINT ["/usr/local/bin/redis-entrypoint"]' 'CMD ["redis-server"]'
+derive "$nginx_image" - 'EXPOSE 80' 'CMD ["nginx", "-g", "daemon off;"]'
+rm -rf "$(dirname "$entrypoint")"
 
 echo "PYTHON_IMAGE=$python_image"
 echo "REDIS_IMAGE=$redis_image"
