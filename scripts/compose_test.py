@@ -334,7 +334,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.compose, "-p", PROJECT, "--project-directory", str(REPO)]
+        cmd = [*self.compose, "--ansi", "never", "-p", PROJECT, "--project-directory", str(REPO)]
         for f in self.files:
             cmd += ["-f", str(f)]
         return run([*cmd, *args], check=check, timeout=timeout, env=self.env, cwd=REPO)
