@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -745,6 +746,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     WORK.mkdir(exist_ok=True)
+    # One run at a time on a machine: two would share the engine, the project name and the caches.
+    CACHE.mkdir(parents=True, exist_ok=True)
+    lock = open(CACHE / "lock", "w")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("another compose test runs on this machine: waiting for it to end")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         engine = Engine.ensure(WORK)
     except NoEngine as exc:

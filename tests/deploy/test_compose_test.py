@@ -86,8 +86,9 @@ def test_expected_states_cover_every_service_of_the_stack() -> None:
     assert ct.PINNED["NGINX_IMAGE"] == compose["services"]["proxy"]["image"]
 
 
-def run_without_docker(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": "/nonexistent"}  # no docker, no dockerd
+def run_without_docker(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # No docker, no dockerd; a cache (and its one-run-at-a-time lock) of its own.
+    env = {**os.environ, "PATH": "/nonexistent", "COMPOSE_TEST_CACHE": str(cache)}
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "compose_test.py"), *args],
         capture_output=True,
@@ -98,11 +99,11 @@ def run_without_docker(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_without_an_engine_ci_skips_in_one_line_and_a_user_gets_a_failure() -> None:
-    skipped = run_without_docker("--skip-without-engine")
+def test_without_an_engine_ci_skips_in_one_line_and_a_user_gets_a_failure(tmp_path: Path) -> None:
+    skipped = run_without_docker(tmp_path, "--skip-without-engine")
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
     lines = skipped.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("compose test skipped: no Docker engine"), lines
-    failed = run_without_docker()
+    failed = run_without_docker(tmp_path)
     assert failed.returncode == 1
     assert "FAILED: no docker CLI" in failed.stdout
