@@ -15,7 +15,7 @@ TIKTOK ?= ../shared/data/tiktok
 # The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
 EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
+.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology compose-test lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -69,6 +69,10 @@ validate-docker: install
 
 topology: install
 	$(BIN)/python scripts/topology.py
+
+## The stack built and run for real in Docker (needs root or the docker group): docs/DEPLOY.md
+compose-test: install
+	$(BIN)/python scripts/compose_test.py
 
 lock-docker: install
 	$(BIN)/python scripts/lock_requirements.py

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # API image: FastAPI + FAISS (CPU) + Redis client, never torch (the service does not import it).
 #
 #   docker build -f docker/api.Dockerfile -t mmssl-api .
@@ -12,11 +11,19 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Offline builds (docs/DEPLOY.md): CA certificates in docker/certs/*.crt (none in the repository) are
+# trusted by pip in this stage only, for a network whose HTTPS is intercepted. Without any, pip keeps
+# its own bundle and nothing changes.
+COPY docker/certs/ /tmp/certs/
+RUN if ls /tmp/certs/*.crt >/dev/null 2>&1; then \
+        { cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; cat /tmp/certs/*.crt; } > /etc/pip-ca.crt \
+        && printf '[global]\ncert = /etc/pip-ca.crt\n' > /etc/pip.conf; \
+    fi
 # The project's wheel is built with a pinned setuptools in a throwaway venv, not in the runtime one.
 COPY docker/requirements/build.txt /tmp/build.txt
 RUN python -m venv /opt/build && /opt/build/bin/pip install --no-deps -r /tmp/build.txt
-COPY docker/requirements/api.txt /tmp/requirements.txt
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-deps -r /tmp/requirements.txt
+COPY docker/requirements/api.txt docker/requirements/py-compat.txt /tmp/
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-deps -r /tmp/api.txt -r /tmp/py-compat.txt
 # Only what the service needs: artifact/ (the contract) and service/. model/ and training/ stay out.
 COPY pyproject.toml README.md /src/
 COPY artifact /src/artifact

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Trainer / retrain-worker image, CUDA build of torch 2.13.0 and faiss-gpu. Same entry points as
 # docker/worker-cpu.Dockerfile; it can also serve the API with FAISS on the GPU (FAISS_USE_GPU=true,
 # command `uvicorn service.app:app --host 0.0.0.0 --port 8000`).

@@ -231,6 +231,7 @@ def check_compose(path: Path) -> list[str]:
     except (InterpolationError, yaml.YAMLError) as exc:
         return [f"{path.name}: {exc}"]
     findings += schema_findings(document, path.name, load_schema())
+    findings += check_build_args(document, path.name)
     services = document.get("services") or {}
     for name, service in services.items():
         if not isinstance(service, dict):
@@ -260,6 +261,43 @@ def check_compose(path: Path) -> list[str]:
                         findings.append(f"{path.name}: unexpected interpolation error {exc}")
                 else:
                     findings.append(f"{path.name}: starts without {name}")
+    return findings
+
+
+def arg_defaults(path: Path) -> dict[str, str | None]:
+    """{name: default or None} of every ARG of a Dockerfile (the first declaration wins)."""
+    out: dict[str, str | None] = {}
+    for line in path.read_text().splitlines():
+        if m := _ARG.match(line):
+            out.setdefault(m.group(1), None if m.group(2) is None else m.group(2).strip("\"'"))
+    return out
+
+
+def check_build_args(document: Mapping[str, Any], name: str, root: Path = REPO) -> list[str]:
+    """Build args a compose file passes (interpolated with its own defaults) are ARGs of the
+    Dockerfile with the same default: unset variables must build what the Dockerfile alone builds."""
+    findings = []
+    for service_name, service in (document.get("services") or {}).items():
+        build = (service or {}).get("build")
+        if not isinstance(build, dict) or not build.get("args"):
+            continue
+        dockerfile = root / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+        if not dockerfile.is_file():
+            findings.append(f"{name}: services.{service_name}.build: {dockerfile.name} does not exist")
+            continue
+        defaults = arg_defaults(dockerfile)
+        args = build["args"]
+        pairs = args.items() if isinstance(args, dict) else (str(a).partition("=")[::2] for a in args)
+        for arg, value in pairs:
+            if arg not in defaults:
+                findings.append(
+                    f"{name}: services.{service_name}.build.args.{arg}: no ARG {arg} in {dockerfile.name}"
+                )
+            elif value is not None and str(value) != defaults[arg]:
+                findings.append(
+                    f"{name}: services.{service_name}.build.args.{arg} defaults to {value!r} but "
+                    f"{dockerfile.name} to {defaults[arg]!r}"
+                )
     return findings
 
 

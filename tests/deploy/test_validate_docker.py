@@ -218,3 +218,29 @@ def test_unsatisfied_requirements_are_reported() -> None:
     pins = {"fastapi": Version("0.100.0"), "redis": Version("5.1")}
     problems = vd.unsatisfied(["fastapi>=0.115", "redis>=5.0", "rq>=2.0"], pins, set())
     assert problems == ["fastapi==0.100.0 does not satisfy fastapi>=0.115", "rq is not pinned"]
+
+
+def test_build_args_default_to_what_the_dockerfile_builds(compose: dict[str, Any]) -> None:
+    """Unset, the offline-build variables build exactly what the Dockerfiles alone build."""
+    assert vd.check_build_args(compose, "docker-compose.yml") == []
+    assert compose["services"]["api"]["build"]["args"] == {"PYTHON_IMAGE": "python:3.11.13-slim-bookworm"}
+    assert (
+        compose["services"]["worker"]["build"]["args"]["TORCH_INDEX_URL"]
+        == "https://download.pytorch.org/whl/cpu"
+    )
+    assert compose["services"]["redis"]["image"] == "redis:7.4.2-bookworm"
+    assert compose["services"]["proxy"]["image"] == "nginx:1.27.4-alpine"
+    drifted = copy.deepcopy(compose)
+    drifted["services"]["api"]["build"]["args"]["PYTHON_IMAGE"] = "python:3.12.1-slim"
+    drifted["services"]["worker"]["build"]["args"]["NO_SUCH_ARG"] = "1"
+    findings = vd.check_build_args(drifted, "x.yml")
+    assert any("api.build.args.PYTHON_IMAGE defaults to 'python:3.12.1-slim'" in f for f in findings), (
+        findings
+    )
+    assert any("NO_SUCH_ARG: no ARG NO_SUCH_ARG in worker-cpu.Dockerfile" in f for f in findings), findings
+    offline = vd.load_compose(
+        REPO / "docker-compose.yml",
+        env={"ADMIN_TOKEN": "t", "PYTHON_IMAGE": "standin-python:1", "REDIS_IMAGE": "standin-redis:1"},
+    )
+    assert offline["services"]["init"]["build"]["args"]["PYTHON_IMAGE"] == "standin-python:1"
+    assert offline["services"]["redis"]["image"] == "standin-redis:1"
