@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ class ModelManager:
         self._check_task: asyncio.Task[bool] | None = None
         self._refused: str | None = None  # version whose load failed; not retried until CURRENT moves
         self.last_error: str | None = None
+        # Run in the loading thread on a new Recommender before it is swapped in; each returns a
+        # commit run in the same step as the swap (the catalogue overlay is rebuilt on it this way).
+        self.prepare_hooks: list[Callable[[Recommender], Callable[[], None]]] = []
         faiss.omp_set_num_threads(settings.faiss_threads)
 
     @property
@@ -127,6 +131,7 @@ class ModelManager:
             try:
                 contract.check_version_name(version)
                 rec = await asyncio.to_thread(load_recommender, path, self.settings)
+                commits = await asyncio.to_thread(lambda: [hook(rec) for hook in self.prepare_hooks])
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 self._refused = version
                 self.last_error = str(exc)
@@ -141,6 +146,8 @@ class ModelManager:
                 return False
             old = self._current
             self._current = rec  # the atomic swap
+            for commit in commits:
+                commit()
             self._refused = None
             self.last_error = None
             self.metrics.set_model(rec.version, rec.loaded_at)
