@@ -83,7 +83,8 @@ class Settings(BaseSettings):
 
     # Retraining
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of POST/GET /retrain. Unset = retraining disabled (403)."
+        default=None,
+        description="Bearer token of POST/GET /retrain and PUT /items. Unset = both disabled (403).",
     )
     retrain_data_dir: Path | None = Field(
         default=None,
