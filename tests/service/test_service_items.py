@@ -483,3 +483,36 @@ def test_retrain_job_spec_carries_the_added_items(
     ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_view_top_k_equals_brute_force_with_unavailable_and_excluded(content_artifact: Any) -> None:
+    """CatalogueView.top_k (FAISS over the artifact + the side index, merged) against numpy."""
+    from artifact.content import load_content_path
+    from service.catalogue import CatalogueView, ItemRecord
+    from service.index import IndexConfig, build_index
+    from service.recommender import Recommender
+
+    artifact, planted = content_artifact
+    rec = Recommender(artifact, build_index(artifact.arrays.item_embeddings, IndexConfig(use_gpu=False)))
+    rng = np.random.default_rng(9)
+    records = {f"n{j}": ItemRecord(bool(rng.random() > 0.4), _features(rng), "1-0") for j in range(60)}
+    records |= {f"i{i}": ItemRecord(False, None, "1-0") for i in rng.choice(120, 30, replace=False)}
+    view = CatalogueView.build(rec, load_content_path(artifact), records, "1-0", None)
+    vectors = np.concatenate([artifact.arrays.item_embeddings, view.new_vectors]).astype(np.float64)
+    available = np.concatenate([view.base_available, view.new_available])
+    assert (~available).sum() > 40 and len(view.new_ids) == 60
+    for trial in range(40):
+        q = rng.normal(size=artifact.manifest.dim).astype(np.float32)
+        exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
+        k = int(rng.integers(1, 60))
+        labels, scores = view.top_k(q if trial % 5 else None, k, exclude)
+        ok = available.copy()
+        ok[exclude] = False
+        if trial % 5:
+            s = vectors @ q
+        else:  # popularity: training counts, added items 0 after every artifact item
+            s = np.concatenate([artifact.arrays.item_popularity, np.zeros(60)]).astype(np.float64)
+        s[~ok] = -np.inf
+        expected = np.sort(s[np.isfinite(s)])[::-1][:k]
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+        assert ok[labels].all() and len(set(labels.tolist())) == len(labels)
