@@ -116,6 +116,58 @@ def share_of_added(url: str, n_users: int, n: int = 300, seed: int = 1) -> float
     return round(hits / max(total, 1), 4)
 
 
+def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Per-query cost of top-K without and with ``added`` items (one FAISS thread, as served),
+    interleaved ``rounds`` times: the model's index alone, the side index alone, the whole merge."""
+    import faiss
+
+    from artifact.content import load_content_path
+    from service.catalogue import CatalogueView, ItemRecord
+    from service.model_manager import load_recommender
+    from service.settings import Settings
+
+    faiss.omp_set_num_threads(1)
+    settings = Settings(_env_file=None, artifact_root=root, faiss_use_gpu=False)  # type: ignore[call-arg]
+    rec = load_recommender(root / str(contract.read_current(root)), settings)
+    rng = np.random.default_rng(seed)
+    records = {
+        f"new-{j}": ItemRecord(
+            True, {m: rng.normal(size=d).astype(np.float32) for m, d in RAW_DIMS.items()}, "1-0"
+        )
+        for j in range(added)
+    }
+    cp = load_content_path(rec.artifact)
+    plain = CatalogueView.build(rec, cp, {}, None, None)
+    started = time.perf_counter()
+    with_added = CatalogueView.build(rec, cp, records, "1-0", None)
+    build_s = time.perf_counter() - started
+    users = rng.integers(0, rec.artifact.manifest.n_users, size=n)
+    queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)))
+               for u in users]  # fmt: skip
+
+    def per_query_ms(fn: Any) -> float:
+        t = time.perf_counter()
+        for q, seen in queries:
+            fn(q, seen)
+        return 1e3 * (time.perf_counter() - t) / n
+
+    out: dict[str, list[float]] = {
+        "top_k_without": [],
+        "top_k_with": [],
+        "model_index_search": [],
+        "side_index_search": [],
+    }
+    for _ in range(rounds):
+        out["top_k_without"].append(per_query_ms(lambda q, seen: plain.top_k(q, 20, seen)))
+        out["top_k_with"].append(per_query_ms(lambda q, seen: with_added.top_k(q, 20, seen)))
+        out["model_index_search"].append(per_query_ms(lambda q, seen: rec.index.search(q, 20 + seen.size)))
+        out["side_index_search"].append(
+            per_query_ms(lambda q, seen: with_added._side_index.search(q.reshape(1, -1), 20))
+        )
+    return {"queries": n, "rounds": rounds, "build_view_s": round(build_s, 3),
+            "ms_per_query": {k: [round(v, 4) for v in vals] for k, vals in out.items()}}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve.items", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -150,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(s)
             s.wait_ready(timeout=120)
             return s
+
+        result["in_process"] = in_process(root, args.added)
+        print(table(["in-process ms/query (rounds)", "values"],
+                    [[k, v] for k, v in result["in_process"]["ms_per_query"].items()]))  # fmt: skip
 
         # 1. propagation between two replicas
         r1, r2 = server("items", 1, "r1"), server("items", 1, "r2")

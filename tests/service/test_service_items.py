@@ -516,3 +516,10 @@ def test_view_top_k_equals_brute_force_with_unavailable_and_excluded(content_art
         expected = np.sort(s[np.isfinite(s)])[::-1][:k]
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
         assert ok[labels].all() and len(set(labels.tolist())) == len(labels)
+
+
+def test_similar_query_k_is_validated(admin: TestClient) -> None:
+    assert admin.get("/items/i1/similar?k=0").status_code == 422
+    assert admin.get("/items/i1/similar?k=101").status_code == 422  # MAX_K
+    assert admin.get("/items/i1/similar?k=abc").status_code == 422
+    assert len(admin.get("/items/i1/similar?k=4").json()["items"]) == 4
