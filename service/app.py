@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -362,12 +362,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def similar_items(item_id: str, rt: RuntimeDep, body: SimilarRequest | None = None) -> Response:
         return _json(rt.items.similar(item_id, body or SimilarRequest()))
-
-    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=_errors(404, 503))
-    async def similar_items_get(
-        item_id: str, rt: RuntimeDep, k: Annotated[int | None, Query(ge=1)] = None
-    ) -> Response:
-        return _json(rt.items.similar(item_id, SimilarRequest(k=k)))
 
     @app.get("/healthz")
     async def healthz() -> Response:
