@@ -116,9 +116,15 @@ def _training_cli(*args: str, log: Path) -> dict[str, Any]:
 
 
 def train_variant(
-    data: Path, out: Path, variant: str, config: str | None, seed: int, overrides: list[str]
-) -> tuple[Artifact, Artifact]:
-    """Train one variant on ``data``; return its artifacts (with, without the content path)."""
+    data: Path,
+    out: Path,
+    variant: str,
+    config: str | None,
+    seed: int,
+    overrides: list[str],
+    kinds: list[str],
+) -> dict[str, Artifact]:
+    """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact."""
     out.mkdir(parents=True, exist_ok=True)
     run, store, log = out / f"run-{variant}", out / "store", out / f"log-{variant}.txt"
     config_args = ["--config", config] if config else []
@@ -126,14 +132,14 @@ def train_variant(
         "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
         f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
     )  # fmt: skip
-    arts = []
-    for content in ("ridge", "none"):
+    arts = {}
+    for content in [*kinds, "none"]:
         exported = _training_cli(
             "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
             "--content-path", content, log=log,
         )  # fmt: skip
-        arts.append(load_artifact(exported["artifact"]))
-    return arts[0], arts[1]
+        arts[content] = load_artifact(exported["artifact"])
+    return arts
 
 
 def unit_content(dataset: Dataset) -> np.ndarray:
@@ -160,7 +166,7 @@ def knn_average(
 
 
 def rankings(
-    dataset: Dataset, arts: dict[str, tuple[Artifact, Artifact]], cold: np.ndarray, knn: int, seed: int
+    dataset: Dataset, arts: dict[str, dict[str, Artifact]], cold: np.ndarray, knn: int, seed: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """method -> (user vectors, item vectors) over all items of ``dataset``."""
     rng = np.random.default_rng(seed)
@@ -178,19 +184,23 @@ def rankings(
         ),
     }
     first = next(iter(arts))
-    with_content, _ = arts[first]
+    plain0 = arts[first]["none"]
     out[f"kNN average ({first}, k={knn})"] = (
-        with_content.arrays.user_embeddings,
-        knn_average(with_content.arrays.item_embeddings, content, warm, cold, knn),
+        plain0.arrays.user_embeddings,
+        knn_average(plain0.arrays.item_embeddings, content, warm, cold, knn),
     )
-    for variant, (art, plain) in arts.items():
+    for variant, by_kind in arts.items():
+        plain = by_kind["none"]
         out[variant] = (plain.arrays.user_embeddings, plain.arrays.item_embeddings)
-        # The service's code path: h_i of the cold items from their raw features alone.
-        path = load_content_path(art)
-        assert path is not None
-        items = art.arrays.item_embeddings.copy()
-        items[cold] = path.item_vectors({m: f[cold] for m, f in dataset.features.items()})
-        out[variant + REFERENCE_SUFFIX] = (art.arrays.user_embeddings, items)
+        for kind, art in by_kind.items():
+            if kind == "none":
+                continue
+            # The service's code path: h_i of the cold items from their raw features alone.
+            path = load_content_path(art)
+            assert path is not None
+            items = art.arrays.item_embeddings.copy()
+            items[cold] = path.item_vectors({m: f[cold] for m, f in dataset.features.items()})
+            out[f"{variant}{REFERENCE_SUFFIX} ({kind})"] = (art.arrays.user_embeddings, items)
     return out
 
 
@@ -237,9 +247,12 @@ def ordinary_split(data: Path, out: Path, args: argparse.Namespace) -> dict[str,
     every = np.arange(dataset.n_items)
     result: dict[str, Any] = {"n_val_pairs": int(val.nnz), "n_cold_val_pairs": int(cold_pairs.sum())}
     for variant in args.variants:
-        art, plain = train_variant(data, out / "ordinary", variant, args.config, args.seed, args.overrides)
+        arts = train_variant(
+            data, out / "ordinary", variant, args.config, args.seed, args.overrides, args.content
+        )
         row: dict[str, Any] = {}
-        for label, a in (("without", plain), ("with", art)):
+        for kind, a in arts.items():
+            label = "without" if kind == "none" else kind
             u, i = a.arrays.user_embeddings, a.arrays.item_embeddings
             all_pairs = per_user_topk(u, i, every, dataset.train, val)
             cold = per_user_topk(u, i, every, dataset.train, cold_val)
@@ -293,13 +306,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets(settings: dict[str, Any], reference: str) -> dict[str, float | None]:
+def targets(settings: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Each content path's cold Recall@20 over the best non-learned baseline and over random."""
     cold = settings["cold"]["recall@20"]
     best = max(v["mean"] for k, v in cold.items() if k == "content cosine" or k.startswith("kNN average"))
-    ours, rnd = cold[reference]["mean"], cold["random"]["mean"]
+    rnd = cold["random"]["mean"]
     return {
-        "vs_best_non_learned": round(ours / best, 3) if best else None,
-        "vs_random": round(ours / rnd, 3) if rnd else None,
+        name: {
+            "vs_best_non_learned": round(v["mean"] / best, 3) if best else None,
+            "vs_random": round(v["mean"] / rnd, 3) if rnd else None,
+        }
+        for name, v in cold.items()
+        if REFERENCE_SUFFIX in name
     }
 
 
@@ -312,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", choices=("val", "test"), default="val", help="which cold half to score")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["id_only"])
     p.add_argument("--knn", type=int, default=10)
+    p.add_argument(
+        "--content", nargs="+", choices=("ridge", "bpr"), default=["ridge", "bpr"],
+        help="content path kinds to export and score; the first is the reference of the differences",
+    )  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--ordinary", action="store_true", help="also the ordinary split's cold pairs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/coldstart"))
@@ -332,9 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         "warm": (warm_items, dataset.val),
         "hybrid": (np.union1d(warm_items, reported), _union(dataset.val, cold_target)),
     }
-    arts = {v: train_variant(derived, out, v, args.config, args.seed, args.overrides) for v in args.variants}
+    arts = {
+        v: train_variant(derived, out, v, args.config, args.seed, args.overrides, args.content)
+        for v in args.variants
+    }
     methods = rankings(dataset, arts, all_cold, args.knn, args.seed)
-    reference = args.variants[0] + REFERENCE_SUFFIX
+    reference = f"{args.variants[0]}{REFERENCE_SUFFIX} ({args.content[0]})"
     command = " ".join(["python -m benchmarks.coldstart", *(argv if argv is not None else sys.argv[1:])])
     result: dict[str, Any] = {
         "command": command,
@@ -345,11 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         "variants": args.variants,
         "reference": reference,
         "content_fit": {
-            v: a[0].manifest.content["fit"] if a[0].manifest.content else None for v, a in arts.items()
+            f"{v} ({k})": a.manifest.content["fit"]
+            for v, by_kind in arts.items()
+            for k, a in by_kind.items()
+            if a.manifest.content
         },
         "settings": evaluate(methods, dataset, settings, reference, args.bootstrap),
     }
-    result["targets"] = targets(result["settings"], reference)
+    result["targets"] = targets(result["settings"])
     if args.ordinary:
         result["ordinary"] = ordinary_split(args.data, out, args)
     text = markdown(result)

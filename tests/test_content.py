@@ -227,3 +227,21 @@ def test_new_item_matching_a_users_taste_enters_their_top_k_and_a_mismatched_one
     assert (ranks["match"] < 20).mean() >= 0.5
     assert (ranks["mismatch"] < 20).mean() <= 0.02
     assert np.median(ranks["mismatch"]) > 100 > 20 > np.median(ranks["match"])
+
+
+def test_bpr_fitted_mapper_uses_the_same_files_and_learns_to_rank(trained_run, tmp_path):
+    dataset, _, run_dir, _ = trained_run
+    path = export_checkpoint(run_dir / BEST, dataset, tmp_path, content="bpr")
+    art = load_artifact(path)
+    cp = load_content_path(art)
+    assert cp is not None and art.manifest.content is not None
+    assert art.manifest.content["kind"] == "bpr"
+    losses = art.manifest.content["fit"]["bpr_loss"]
+    assert losses[-1] < losses[0] < np.log(2) + 1e-3  # starts at chance (zero map), then improves
+    cold = filled_items(art)
+    got = cp.item_vectors({m: f[cold] for m, f in dataset.features.items()})
+    assert np.abs(art.arrays.item_embeddings[cold] - got).max() <= 1e-5
+    with pytest.raises(ValueError, match="content kind"):
+        from artifact.content import content_manifest_entry
+
+        content_manifest_entry({"image": 4}, [], 0, {}, kind="mlp")

@@ -107,10 +107,11 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 # Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
 CONTENT_PATH_ARG: dict[str, Any] = {
-    "choices": ("ridge", "none"),
+    "choices": ("ridge", "bpr", "none"),
     "default": "ridge",
     "help": "ridge: export the content mapper and fill the vectors of items without training "
-    "interactions from their features (default); none: export the model as trained",
+    "interactions from their features (default); bpr: the same linear map fitted by BPR against "
+    "the trained user vectors; none: export the model as trained",
 }
 
 
