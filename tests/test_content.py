@@ -182,3 +182,66 @@ def test_tampered_content_file_is_refused(trained_run, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="content_mapper.npy: content path file missing"):
         load_content_path(load_artifact(copy))
+
+
+def _planted_factors(seed: int, n_users: int, n_items: int, k: int, modalities: dict[str, int]):
+    """The generator's latent item factors z, user tastes theta and projections W_m, re-drawn in the
+    order training.synthetic.write_synthetic draws them (checked against the written features)."""
+    rng = np.random.default_rng(seed)
+    z, theta = rng.standard_normal((n_items, k)), rng.standard_normal((n_users, k))
+    projections = {}
+    for name, dim in modalities.items():
+        projections[name] = rng.standard_normal((k, dim)) / np.sqrt(k)
+        rng.standard_normal((n_items, dim))  # the feature noise
+    return z, theta, projections
+
+
+def test_new_item_matching_a_users_taste_enters_their_top_k_and_a_mismatched_one_does_not(tmp_path):
+    """Planted data: a brand-new item whose latent factor points along user u's taste gets its h_i
+    from its features alone (ContentPath.item_vectors) and ranks in u's top 20 among all items;
+    the same item with the opposite taste does not."""
+    from training.synthetic import write_synthetic
+
+    n_users, n_items, k, modalities = 300, 200, 8, {"image": 32, "audio": 16}
+    data = write_synthetic(tmp_path / "data", n_users=n_users, n_items=n_items, modalities=modalities, seed=5)
+    z, theta, projections = _planted_factors(5, n_users, n_items, k, modalities)
+    dataset = load_dataset(data)
+    for name in modalities:  # the re-drawn factors are the generator's: residual = the 0.3 noise
+        assert 0.2 < np.abs(dataset.features[name] - z @ projections[name]).mean() < 0.3
+    _, path = _train_export(data, tmp_path, ["epochs=15", "patience=100"])
+    art = load_artifact(path)
+    cp = load_content_path(art)
+    assert cp is not None
+    users, items = art.arrays.user_embeddings, art.arrays.item_embeddings
+    scores = users @ items.T
+    for u in range(n_users):
+        scores[u, dataset.train.items_of(u)] = -np.inf
+    active = dataset.train.degrees() > 0
+    taste = theta / np.linalg.norm(theta, axis=1, keepdims=True)
+    ranks = {}
+    for label, sign in (("match", 1.0), ("mismatch", -1.0)):
+        latent = sign * 3.0 * taste  # one new item per user, (n_users, k)
+        raw = {m: (latent @ projections[m]).astype(np.float32) for m in cp.modalities}
+        new_scores = (users * cp.item_vectors(raw)).sum(axis=1)
+        ranks[label] = (scores > new_scores[:, None]).sum(axis=1)[active]
+    assert (ranks["match"] < 20).mean() >= 0.5
+    assert (ranks["mismatch"] < 20).mean() <= 0.02
+    assert np.median(ranks["mismatch"]) > 100 > 20 > np.median(ranks["match"])
+
+
+def test_bpr_fitted_mapper_uses_the_same_files_and_learns_to_rank(trained_run, tmp_path):
+    dataset, _, run_dir, _ = trained_run
+    path = export_checkpoint(run_dir / BEST, dataset, tmp_path, content="bpr")
+    art = load_artifact(path)
+    cp = load_content_path(art)
+    assert cp is not None and art.manifest.content is not None
+    assert art.manifest.content["kind"] == "bpr"
+    losses = art.manifest.content["fit"]["bpr_loss"]
+    assert losses[-1] < losses[0] < np.log(2) + 1e-3  # starts at chance (zero map), then improves
+    cold = filled_items(art)
+    got = cp.item_vectors({m: f[cold] for m, f in dataset.features.items()})
+    assert np.abs(art.arrays.item_embeddings[cold] - got).max() <= 1e-5
+    with pytest.raises(ValueError, match="content kind"):
+        from artifact.content import content_manifest_entry
+
+        content_manifest_entry({"image": 4}, [], 0, {}, kind="mlp")

@@ -11,12 +11,12 @@ import torch
 
 from artifact.content import content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
-from training.content import content_arrays, fit_content_mapper, mapper_vectors
+from training.content import content_arrays, fit_content_mapper, fit_content_mapper_bpr, mapper_vectors
 from training.data import Dataset
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
 
-CONTENT_CHOICES = ("ridge", "none")
+CONTENT_CHOICES = ("ridge", "bpr", "none")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def export_checkpoint(
 
     ``content="ridge"`` (when the data has item features) fits the content mapper on the items with
     training interactions, exports it (artifact/content.py) and gives every item without one its
-    h_i from its features; ``"none"`` exports the model as trained.
+    h_i from its features; ``"bpr"`` fits the same linear map by BPR against the trained h_u
+    (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
@@ -62,8 +63,13 @@ def export_checkpoint(
     metrics: dict[str, Any] = {"val": ckpt["val_metrics"], "best_epoch": ckpt["epoch"]}
     extra: dict[str, np.ndarray] = {}
     content_entry: dict[str, Any] | None = None
-    if content == "ridge" and dataset.features:
-        fit = fit_content_mapper(dataset.features, item_embeddings, np.flatnonzero(popularity > 0))
+    if content != "none" and dataset.features:
+        warm = np.flatnonzero(popularity > 0)
+        if content == "ridge":
+            fit = fit_content_mapper(dataset.features, item_embeddings, warm)
+        else:
+            pair_users, pair_items = dataset.train.to_pairs()
+            fit = fit_content_mapper_bpr(dataset.features, out.user.numpy(), pair_users, pair_items, warm)
         filled = np.flatnonzero(popularity == 0)
         if filled.size:
             item_embeddings[filled] = mapper_vectors(fit.mapper, dataset.features, filled)
@@ -73,6 +79,7 @@ def export_checkpoint(
             list(config.modalities),
             int(filled.size),
             fit.report,
+            kind=content,
         )
         # Validation of the vectors as exported (cold items filled), beside the checkpoint's.
         metrics["val_exported"] = rank_metrics(
