@@ -57,6 +57,7 @@ ITEM_POPULARITY = "item_popularity.npy"  # (n_items,) int64 training interaction
 
 GRAPH_NORMS = ("paper", "symmetric")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EXTRA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,120}\.npy$")
 
 
 def modality_file(name: str) -> str:
@@ -97,6 +98,9 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     parent_version: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # The content path (artifact/content.py) when exported with one: its kind, input modalities and
+    # fit report. Absent from manifest.json (None) for artifacts without one, which keep loading.
+    content: dict[str, Any] | None = None
 
     @property
     def modality_names(self) -> list[str]:
@@ -126,6 +130,8 @@ class Manifest:
             "notes": self.notes,
             "files": {k: v.to_json() for k, v in sorted(self.files.items())},
         }
+        if self.content is not None:
+            out["content"] = self.content
         return out
 
     @classmethod
@@ -180,6 +186,7 @@ class Manifest:
             train_config=dict(data["train_config"]),
             metrics=dict(data["metrics"]),
             notes=dict(data.get("notes", {})),
+            content=None if data.get("content") is None else dict(data["content"]),
             files=files,
             format_version=int(data["format_version"]),
         )
@@ -199,6 +206,9 @@ class ArtifactArrays:
     train_indptr: np.ndarray  # (n_users + 1,)
     train_indices: np.ndarray  # (nnz,)
     item_popularity: np.ndarray  # (n_items,)
+    # Further arrays listed in the manifest beyond the ones above (file name -> array), e.g. the
+    # content path's (artifact/content.py). Written and verified like every other file.
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,6 +274,10 @@ def _validate_arrays(m: Manifest, a: ArtifactArrays) -> None:
     for ok, msg in checks:
         if not ok:
             raise ArtifactError(f"cannot write artifact: {msg}")
+    reserved = _expected_files(m)
+    for name in a.extra:
+        if name in reserved or name == MANIFEST or not _EXTRA_RE.match(name):
+            raise ArtifactError(f"cannot write artifact: extra array name {name!r} is reserved or not *.npy")
     for name, feats in a.modality_features.items():
         if feats.shape != (n_i, d):
             raise ArtifactError(f"cannot write artifact: modality {name!r} shape {feats.shape}")
@@ -317,6 +331,8 @@ def write_artifact(root: Path | str, manifest: Manifest, arrays: ArtifactArrays)
         _save_npy(tmp, TRAIN_INDPTR, arrays.train_indptr.astype(np.int64), files)
         _save_npy(tmp, TRAIN_INDICES, arrays.train_indices.astype(np.int32), files)
         _save_npy(tmp, ITEM_POPULARITY, arrays.item_popularity.astype(np.int64), files)
+        for name, arr in sorted(arrays.extra.items()):
+            _save_npy(tmp, name, arr, files)
         manifest.files = files
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False))
         for p in tmp.iterdir():
@@ -400,6 +416,11 @@ def load_artifact(path: Path | str) -> Artifact:
         train_indptr=loaded[TRAIN_INDPTR],
         train_indices=loaded[TRAIN_INDICES],
         item_popularity=loaded[ITEM_POPULARITY],
+        extra={
+            name: arr
+            for name, arr in loaded.items()
+            if name not in _expected_files(m) and isinstance(arr, np.ndarray)
+        },
     )
     try:
         _validate_arrays(m, arrays)

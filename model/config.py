@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GRAPH_NORMS = ("paper", "symmetric")
+# Raw item features before the modality projections: "none" as in the paper; "standardize" =
+# (x - mean) / std per feature over all items, the statistics kept in the model (and the artifact).
+FEATURE_NORMS = ("none", "standardize")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class MMSSLConfig:
     # 1/sqrt(|N_u||N_i|) as in LightGCN.
     graph_norm: str = "symmetric"
     feat_dropout: float = 0.1  # dropout after the modality projection (Eq. 2 context)
+    feature_norm: str = "none"  # one of FEATURE_NORMS, applied to the raw features (issue 11 (c))
     n_heads: int = 4  # H in Eq. 9
     eta: float = 0.36  # η, weight of the modality-aware initial embedding (Eq. 10)
     omega: float = 0.55  # ω, fusion weight of the modality features (Eq. 12)
@@ -64,6 +68,8 @@ class MMSSLConfig:
             problems.append(f"n_layers must be >= 0 (got {self.n_layers})")
         if self.graph_norm not in GRAPH_NORMS:
             problems.append(f"graph_norm must be one of {GRAPH_NORMS} (got {self.graph_norm!r})")
+        if self.feature_norm not in FEATURE_NORMS:
+            problems.append(f"feature_norm must be one of {FEATURE_NORMS} (got {self.feature_norm!r})")
         if self.n_heads <= 0 or self.embed_dim % self.n_heads:
             problems.append(f"n_heads ({self.n_heads}) must divide embed_dim ({self.embed_dim})")
         for name, p in (("feat_dropout", self.feat_dropout), ("disc_dropout", self.disc_dropout)):

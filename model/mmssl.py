@@ -104,6 +104,11 @@ class MMSSL(nn.Module):
         )
         for layer in self.projections.values():
             nn.init.xavier_uniform_(layer.weight)
+        if config.feature_norm != "none":  # statistics set by set_feature_stats, saved in state_dict
+            for name in config.modalities:
+                dim = config.modality_dims[name]
+                self.register_buffer(f"feature_mean_{name}", torch.zeros(dim))
+                self.register_buffer(f"feature_scale_{name}", torch.ones(dim))
         self.feat_dropout = nn.Dropout(config.feat_dropout)
         self.attention = ModalityAttention(d, config.n_heads) if config.modalities else None
         self.discriminator = (
@@ -121,11 +126,37 @@ class MMSSL(nn.Module):
         skip = {id(p) for p in self.discriminator.parameters()} if self.discriminator else set()
         return [p for p in self.parameters() if id(p) not in skip]
 
+    @torch.no_grad()
+    def set_feature_stats(self, item_raw: list[Tensor]) -> None:
+        """Set the feature_norm statistics from the raw features of all items (one per modality)."""
+        if self.config.feature_norm == "none":
+            return
+        for name, raw in zip(self.modalities, item_raw, strict=True):
+            getattr(self, f"feature_mean_{name}").copy_(raw.mean(dim=0))
+            getattr(self, f"feature_scale_{name}").copy_(raw.std(dim=0, unbiased=False).clamp(min=1e-6))
+
+    def feature_stats(self, name: str) -> tuple[Tensor, Tensor]:
+        """(mean, scale) applied to modality ``name``'s raw features before its projection, (D_m,) each."""
+        if self.config.feature_norm == "none":
+            dim = self.config.modality_dims[name]
+            device = self.user_embedding.weight.device
+            return torch.zeros(dim, device=device), torch.ones(dim, device=device)
+        mean: Tensor = getattr(self, f"feature_mean_{name}")
+        scale: Tensor = getattr(self, f"feature_scale_{name}")
+        return mean, scale
+
+    def project(self, name: str, raw: Tensor) -> Tensor:
+        """fbar_i^m without dropout: the modality projection of raw features (n, D_m) -> (n, d)."""
+        if self.config.feature_norm != "none":
+            mean, scale = self.feature_stats(name)
+            raw = (raw - mean) / scale
+        return self.projections[name](raw)
+
     def modality_features(self, item_raw: list[Tensor], graph: InteractionGraph) -> ModalityFeatures:
         """Projection (Linear + dropout) and Eq. 2 for every modality."""
         projected, users, items = [], [], []
         for name, raw in zip(self.modalities, item_raw, strict=True):
-            fbar = self.feat_dropout(self.projections[name](raw))  # (n_items, d)
+            fbar = self.feat_dropout(self.project(name, raw))  # (n_items, d)
             f_u = torch.sparse.mm(graph.user_mean, fbar)  # sum_{i in N_u} fbar_i / sqrt|N_u|
             f_i = torch.sparse.mm(graph.item_mean, f_u)  # sum_{u in N_i} f_u / sqrt|N_i|
             projected.append(fbar)

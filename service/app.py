@@ -20,12 +20,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.body import StrictJsonMiddleware
+from service.catalogue import Catalogue
 from service.errors import (
     ModelNotReadyError,
     RetrainDisabledError,
     UnauthorizedError,
     install_error_handlers,
 )
+from service.itemlog import EmbeddedItemLog, ItemLog, RedisItemLog
+from service.items import Items
 from service.logging import configure_logging, redact_url
 from service.metrics import Metrics
 from service.model_manager import ModelManager
@@ -35,12 +38,17 @@ from service.schemas import (
     ErrorBody,
     InteractionsRequest,
     InteractionsResponse,
+    ItemInfo,
+    ItemsRequest,
+    ItemsResponse,
     ReadinessBody,
     RecommendRequest,
     RecommendResponse,
     RetrainAccepted,
     RetrainRequest,
     RetrainStatus,
+    SimilarRequest,
+    SimilarResponse,
 )
 from service.serving import Serving
 from service.settings import Settings, get_settings
@@ -63,6 +71,8 @@ class Runtime:
     manager: ModelManager
     retrainer: Retrainer
     serving: Serving
+    catalogue: Catalogue
+    items: Items
 
 
 def _server_worker_count() -> int:
@@ -116,6 +126,12 @@ def build_store(settings: Settings, metrics: Metrics) -> Store:
         fresh_ttl_s=settings.fresh_ttl_s,
     )
     return FailOpenStore(redis_store, metrics, retry_s=settings.redis_retry_s)
+
+
+def build_item_log(settings: Settings) -> ItemLog:
+    if settings.redis_url is None:
+        return EmbeddedItemLog()
+    return RedisItemLog.from_url(settings.redis_url, settings.redis_prefix, settings.items_redis_timeout_s)
 
 
 class _AppState:
@@ -182,7 +198,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
         401: "Missing or wrong token (ADMIN_TOKEN; INTERACTIONS_TOKEN for /interactions when set).",
         403: "Retraining is disabled (no ADMIN_TOKEN on this server).",
-        404: "No such retrain job.",
+        404: "No such retrain job, or no such item.",
         409: "A retrain job is already running.",
         413: "The body is larger than MAX_BODY_BYTES.",
         503: "No model loaded yet, the service is starting or stopping, or Redis is unavailable.",
@@ -322,13 +338,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = state.metrics
         store = build_store(s, metrics)
         manager = ModelManager(s, metrics)
+        catalogue = Catalogue(s, manager, metrics, build_item_log(s))
         try:
             await manager.start()
+            await catalogue.start()  # replays the item log
         except BaseException:
+            await catalogue.stop()
             await store.close()
             raise
-        retrainer = Retrainer(s, store, manager, metrics)
-        state.runtime = Runtime(s, metrics, store, manager, retrainer, Serving(s, manager, store, metrics))
+        retrainer = Retrainer(s, store, manager, metrics, catalogue)
+        serving = Serving(s, catalogue, store, metrics)
+        state.runtime = Runtime(
+            s, metrics, store, manager, retrainer, serving, catalogue, Items(s, catalogue)
+        )
         # What exists now (modules, FastAPI's and pydantic's objects, the model) lives as long as the
         # process: take it out of the cyclic GC's walks. A full collection over those ~100k objects
         # stalled every request of the worker for 50-80 ms every few thousand requests (5-7 ms after).
@@ -339,6 +361,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.runtime = None
             await retrainer.close()
+            await catalogue.stop()
             await manager.stop()
             await store.close()
             log.info("stopped")
@@ -391,6 +414,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def retrain_status(job_id: str, rt: RuntimeDep) -> Response:
         return _json(await rt.retrainer.status(job_id))
+
+    @app.put(
+        "/items",
+        response_model=ItemsResponse,
+        dependencies=[Depends(require_admin)],
+        responses=_BODY_ERRORS | _ADMIN_ERRORS,
+    )
+    async def put_items(body: ItemsRequest, rt: RuntimeDep) -> Response:
+        return _json(await rt.catalogue.put(body))
+
+    @app.get("/items/{item_id}", response_model=ItemInfo, responses=_errors(404, 503))
+    async def get_item(item_id: str, rt: RuntimeDep) -> Response:
+        return _json(rt.items.get(item_id))
+
+    @app.post(
+        "/items/{item_id}/similar", response_model=SimilarResponse, responses=_BODY_ERRORS | _errors(404)
+    )
+    async def similar_items(item_id: str, rt: RuntimeDep, body: SimilarRequest | None = None) -> Response:
+        return _json(rt.items.similar(item_id, body or SimilarRequest()))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -55,6 +55,10 @@ class JobNotFoundError(ServiceError):
     status_code = 404
 
 
+class ItemNotFoundError(ServiceError):
+    status_code = 404
+
+
 class RetrainConflictError(ServiceError):
     status_code = 409
 

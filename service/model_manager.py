@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ class ModelManager:
         self._refused: str | None = None  # version whose load failed; not retried until CURRENT moves
         self._bad_current: bytes | None = None  # unreadable CURRENT content, logged once
         self.last_error: str | None = None  # public: paths under ARTIFACT_ROOT shown relative to it
+        # Run in the loading thread on a new Recommender before it is swapped in; each returns a
+        # commit run in the same step as the swap (the catalogue overlay is rebuilt on it this way).
+        self.prepare_hooks: list[Callable[[Recommender], Callable[[], None]]] = []
         faiss.omp_set_num_threads(settings.faiss_threads)
 
     @property
@@ -165,6 +169,7 @@ class ModelManager:
                         f"{path}: folder name {version!r} and the manifest's model_version "
                         f"{rec.version!r} disagree"
                     )
+                commits = await asyncio.to_thread(lambda: [hook(rec) for hook in self.prepare_hooks])
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 self._refused = version
                 self.last_error = self.public(str(exc))
@@ -179,6 +184,8 @@ class ModelManager:
                 return False
             old = self._current
             self._current = rec  # the atomic swap
+            for commit in commits:
+                commit()
             self._refused = None
             self.last_error = None
             self.metrics.set_model(rec.version, rec.loaded_at)

@@ -76,8 +76,12 @@ class Recommender:
 
     # ---------------------------------------------------------------- user vectors
 
-    def plan(self, user_id: str, fresh_items: np.ndarray) -> UserPlan:
-        """Decide the path for ``user_id`` given its fresh item indices (stored + in the request)."""
+    def plan(self, user_id: str, fresh_items: np.ndarray, n_items: int | None = None) -> UserPlan:
+        """Decide the path for ``user_id`` given its fresh item indices (stored + in the request).
+
+        ``n_items``: size of the item index space when it is larger than the artifact's (items
+        added through the API, ``service.catalogue``).
+        """
         user_index = self.user_index.get(user_id)
         if user_index is not None:
             train = self.artifact.user_items(user_index)
@@ -85,7 +89,7 @@ class Recommender:
             if fresh_items.size:
                 # fresh items not in training, as np.setdiff1d but by a per-call boolean mask (its
                 # np.isin was a fifth of an in-process fresh request)
-                seen = np.zeros(self.n_items, dtype=bool)
+                seen = np.zeros(n_items or self.n_items, dtype=bool)
                 seen[train] = True
                 new = np.unique(fresh_items[~seen[fresh_items]])
             if new.size == 0:  # nothing beyond training: the exported h_u is exactly Eq. 12

@@ -30,6 +30,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from service.catalogue import Catalogue
 from service.errors import (
     JobNotFoundError,
     RetrainConflictError,
@@ -302,8 +303,16 @@ def _tail(path: Path, n: int = 2000) -> str:
 
 
 class Retrainer:
-    def __init__(self, settings: Settings, store: Store, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        manager: ModelManager,
+        metrics: Metrics,
+        catalogue: Catalogue | None = None,
+    ) -> None:
         self.settings = settings
+        self.catalogue = catalogue  # items added through PUT /items go into the job as new rows
         self.store = store
         self.manager = manager
         self.metrics = metrics
@@ -324,6 +333,8 @@ class Retrainer:
             "config": s.retrain_config,
             "overrides": {**s.retrain_overrides, **overrides},
             "extra_interactions": extra,
+            # service.catalogue.Catalogue.retrain_items: ids, availability, raw features (base64 f32)
+            "extra_items": self.catalogue.retrain_items() if self.catalogue is not None else None,
             "tolerance": s.retrain_tolerance,
             "force": force,
             "status_file": None,

@@ -130,3 +130,58 @@ class ReadinessBody(BaseModel):
     model_version: str | None = None
     detail: str | None = None
     last_load_error: str | None = None
+
+
+# ------------------------------------------------------------------------------------ items
+
+
+class ItemPut(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_id: ItemId
+    # NaN/inf and dimensions are checked by service.catalogue.validate_batch, which names the item
+    features: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Raw features per modality (every modality of the model, each its raw dimension). "
+        "Required for a new item; omitted = keep the item's features (e.g. to change availability).",
+    )
+    available: bool = Field(default=True, description="False: never returned by any endpoint.")
+
+
+class ItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: list[ItemPut] = Field(
+        min_length=1, description="One batch, applied all or nothing; at most ITEMS_MAX_BATCH."
+    )
+
+
+class ItemsResponse(BaseModel):
+    applied: int
+    position: str = Field(description="Position of the batch in the shared item log.")
+    model_version: str
+    items_added_total: int = Field(description="Items added through the API that this model serves.")
+    added_or_refeatured: int
+
+
+class ItemInfo(BaseModel):
+    item_id: str
+    model_version: str
+    source: Literal["model", "added"]
+    available: bool
+    training_interactions: int
+    features: dict[str, int] | None = Field(description="Modality -> dimension of features given by PUT.")
+    last_change: str | None = Field(description="Item-log position of the last PUT of this item.")
+
+
+class SimilarRequest(_Strict):
+    k: int | None = Field(
+        default=None, ge=1, description="Number of items; default DEFAULT_K, at most MAX_K."
+    )
+    exclude_items: list[ItemId] = Field(default_factory=list, description="Item ids never to return.")
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[ScoredItem]

@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 
+from service.catalogue import Catalogue, CatalogueView
 from service.errors import limit_exceeded, unknown_items
 from service.metrics import Metrics
-from service.model_manager import ModelManager
-from service.recommender import Recommender
 from service.schemas import InteractionsRequest, RecommendRequest
 from service.settings import Settings
 from service.store import Store
@@ -21,14 +20,15 @@ _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
 class Serving:
-    def __init__(self, settings: Settings, manager: ModelManager, store: Store, metrics: Metrics) -> None:
+    # ``manager`` is the Catalogue: the serving model with the items added through PUT /items
+    def __init__(self, settings: Settings, manager: Catalogue, store: Store, metrics: Metrics) -> None:
         self.settings = settings
         self.manager = manager
         self.store = store
         self.metrics = metrics
 
     def _check(
-        self, rec: Recommender, item_fields: dict[str, list[str]], k: int | None = None
+        self, rec: CatalogueView, item_fields: dict[str, list[str]], k: int | None = None
     ) -> list[np.ndarray]:
         """Limits and item ids of a request -> item indices per field; one 422 listing every problem."""
         errors = []
@@ -57,7 +57,7 @@ class Serving:
         excluded, interactions = self._check(
             rec, {"exclude_items": req.exclude_items, "interactions": req.interactions}, k
         )
-        state = await self.store.get_user_state(rec.version, req.user_id)
+        state = await self.store.get_user_state(rec.cache_version, req.user_id)
         # Stored items a newer catalogue no longer has cannot enter the vector: skip them.
         stored = rec.lookup_items(state.fresh_items)[0]
         fresh = np.concatenate((stored, interactions)) if interactions.size else stored
@@ -77,7 +77,9 @@ class Serving:
                 if cacheable:
                     self.metrics.cache_misses.inc()
                     assert vector is not None
-                    await self.store.set_user_vector(rec.version, req.user_id, state.fingerprint, vector)
+                    await self.store.set_user_vector(
+                        rec.cache_version, req.user_id, state.fingerprint, vector
+                    )
 
         exclude = excluded
         if req.exclude_seen and (plan.train_items.size or fresh.size):

@@ -98,7 +98,8 @@ class Settings(BaseSettings):
 
     # Retraining
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of POST/GET /retrain. Unset = retraining disabled (403)."
+        default=None,
+        description="Bearer token of POST/GET /retrain and PUT /items. Unset = both disabled (403).",
     )
     retrain_data_dir: Path | None = Field(
         default=None,
@@ -125,12 +126,31 @@ class Settings(BaseSettings):
         default=None, description="Spec/status/log files of jobs; default ARTIFACT_ROOT/.jobs."
     )
 
+    # Items added through PUT /items (service.catalogue)
+    items_max_batch: int = Field(default=1000, ge=1, description="Most items in one PUT /items batch.")
+    items_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often every replica reads the shared item log for new batches."
+    )
+    items_redis_timeout_s: float = Field(
+        default=5.0, gt=0, description="Socket timeout of one item-log call (batches carry raw features)."
+    )
+    new_items_max_slots: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most items added through the API in one result list; unset = blended by score alone.",
+    )
+
     log_level: str = Field(default="INFO", description="Root log level.")
 
     @field_validator("redis_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("new_items_max_slots", mode="before")
+    @classmethod
+    def _blank_slots_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -101,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from artifact.contract import set_current
         from training.export import export_checkpoint
 
-        path = export_checkpoint(run_dir / BEST, dataset, args.export_to)
+        path = export_checkpoint(run_dir / BEST, dataset, args.export_to, content=args.content_path)
         summary["artifact"] = str(path)
         if args.promote:
             set_current(args.export_to, path.name)
@@ -134,7 +134,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     ckpt_path = Path(args.checkpoint) if args.checkpoint else Path(args.run) / BEST
     dataset = load_dataset(args.data)
-    path = export_checkpoint(ckpt_path, dataset, args.out)
+    path = export_checkpoint(ckpt_path, dataset, args.out, content=args.content_path)
     if args.promote:
         set_current(args.out, path.name)
     print(json.dumps({"artifact": str(path), "version": path.name, "promoted": bool(args.promote)}))
@@ -145,6 +145,16 @@ def _cmd_job(args: argparse.Namespace) -> int:
     from training.jobs import run_job_cli
 
     return run_job_cli(args.spec)
+
+
+# Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
+CONTENT_PATH_ARG: dict[str, Any] = {
+    "choices": ("ridge", "bpr", "none"),
+    "default": "ridge",
+    "help": "ridge: export the content mapper and fill the vectors of items without training "
+    "interactions from their features (default); bpr: the same linear map fitted by BPR against "
+    "the trained user vectors; none: export the model as trained",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --export-to --promote: if the store already names a CURRENT model, keep serving "
         "it and train nothing (make demo's second run)",
     )
+    t.add_argument("--content-path", **CONTENT_PATH_ARG)
     t.add_argument("overrides", nargs="*", help="key=value or model.key=value / train.key=value")
     t.set_defaults(func=_cmd_train)
 
@@ -192,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data", required=True)
     x.add_argument("--out", required=True, help="artifact store root")
     x.add_argument("--promote", action="store_true", help="make the new version CURRENT")
+    x.add_argument("--content-path", **CONTENT_PATH_ARG)
     x.set_defaults(func=_cmd_export)
 
     j = sub.add_parser("job", help="run a retrain job from a JSON spec (used by the service)")

@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from artifact.content import content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
+from training.content import content_arrays, fit_content_mapper, fit_content_mapper_bpr, mapper_vectors
 from training.data import Dataset
+from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
+
+CONTENT_CHOICES = ("ridge", "bpr", "none")
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,17 @@ def export_checkpoint(
     parent_version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
     notes: dict[str, Any] | None = None,
+    content: str = "ridge",
 ) -> Path:
-    """Write ``artifact_root/<version>`` from ``checkpoint_path`` (a best.pt) and return its path."""
+    """Write ``artifact_root/<version>`` from ``checkpoint_path`` (a best.pt) and return its path.
+
+    ``content="ridge"`` (when the data has item features) fits the content mapper on the items with
+    training interactions, exports it (artifact/content.py) and gives every item without one its
+    h_i from its features; ``"bpr"`` fits the same linear map by BPR against the trained h_u
+    (training.content); ``"none"`` exports the model as trained.
+    """
+    if content not in CONTENT_CHOICES:
+        raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
     ckpt = load_checkpoint(Path(checkpoint_path))
     if ckpt["dataset_fingerprint"] != dataset.fingerprint:
         raise ExportError(
@@ -43,8 +57,39 @@ def export_checkpoint(
     config = model.config
     state = TrainingState(dataset, config, device)
     out = model(state.graph, state.item_raw, views)
+    item_embeddings = out.item.numpy().copy()
+    popularity = dataset.train.item_counts(dataset.n_items)
 
     metrics: dict[str, Any] = {"val": ckpt["val_metrics"], "best_epoch": ckpt["epoch"]}
+    extra: dict[str, np.ndarray] = {}
+    content_entry: dict[str, Any] | None = None
+    if content != "none" and dataset.features:
+        warm = np.flatnonzero(popularity > 0)
+        if content == "ridge":
+            fit = fit_content_mapper(dataset.features, item_embeddings, warm)
+        else:
+            pair_users, pair_items = dataset.train.to_pairs()
+            fit = fit_content_mapper_bpr(dataset.features, out.user.numpy(), pair_users, pair_items, warm)
+        filled = np.flatnonzero(popularity == 0)
+        if filled.size:
+            item_embeddings[filled] = mapper_vectors(fit.mapper, dataset.features, filled)
+        extra = content_arrays(model, fit.mapper, filled)
+        content_entry = content_manifest_entry(
+            {name: int(f.shape[1]) for name, f in dataset.features.items()},
+            list(config.modalities),
+            int(filled.size),
+            fit.report,
+            kind=content,
+        )
+        # Validation of the vectors as exported (cold items filled), beside the checkpoint's.
+        metrics["val_exported"] = rank_metrics(
+            out.user,
+            torch.as_tensor(item_embeddings),
+            dataset.train.indptr,
+            dataset.train.indices,
+            dataset.val.indptr,
+            dataset.val.indices,
+        )
     metrics.update(extra_metrics or {})
     manifest = Manifest(
         model_version=version or new_model_version(),
@@ -65,12 +110,13 @@ def export_checkpoint(
         train_config=ckpt["config"]["train"],
         metrics=metrics,
         notes={"dataset": dataset.summary(), **(notes or {})},
+        content=content_entry,
     )
     arrays = ArtifactArrays(
         user_ids=list(dataset.user_ids),
         item_ids=list(dataset.item_ids),
         user_embeddings=out.user.numpy(),
-        item_embeddings=out.item.numpy(),
+        item_embeddings=item_embeddings,
         user_id_side=out.user_id_side.numpy(),
         item_layer_embeddings=out.item_layers.numpy(),
         modality_features={
@@ -79,7 +125,8 @@ def export_checkpoint(
         },
         train_indptr=np.asarray(dataset.train.indptr, dtype=np.int64),
         train_indices=np.asarray(dataset.train.indices, dtype=np.int32),
-        item_popularity=dataset.train.item_counts(dataset.n_items),
+        item_popularity=popularity,
+        extra=extra,
     )
     path = write_artifact(artifact_root, manifest, arrays)
     log.info("exported %s (val recall@20 %.4f)", path, ckpt["val_metrics"]["recall@20"])

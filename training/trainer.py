@@ -298,6 +298,7 @@ def train(
     model_config = model_config_for(dataset, cfg.model)
     state = TrainingState(dataset, model_config, device)
     model = MMSSL(model_config).to(device)
+    model.set_feature_stats(state.item_raw)  # no-op unless model.feature_norm is set
     opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     opt_discriminator = (
         torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]

@@ -57,6 +57,8 @@ def _time_calls(fn: Any, args: list[Any], repeat: int = 1) -> list[float]:
 
 def in_process_layers(artifact_root: Path, redis_url: str, n: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Per-query cost of each layer below HTTP, on the serving configuration (flat index, 1 thread)."""
+    from service.catalogue import Catalogue
+    from service.itemlog import EmbeddedItemLog
     from service.metrics import Metrics
     from service.model_manager import ModelManager
     from service.schemas import RecommendRequest
@@ -103,7 +105,8 @@ def in_process_layers(artifact_root: Path, redis_url: str, n: int = 2000, seed: 
             metrics,
             retry_s=1.0,
         )
-        serving = Serving(settings, manager, store, metrics)
+        catalogue = Catalogue(settings, manager, metrics, EmbeddedItemLog())  # no items added here
+        serving = Serving(settings, catalogue, store, metrics)
 
         async def timed(reqs: list[RecommendRequest]) -> list[float]:
             out_t = []

@@ -102,3 +102,68 @@ def tamper(path: Path, name: str = contract.ITEM_EMB) -> Path:
 def point_current(root: Path, version: str) -> None:
     """Write CURRENT without contract.set_current's verification (to simulate a bad promotion)."""
     (root / contract.CURRENT).write_text(version + "\n")
+
+
+# ---------------------------------------------------------------------------------- content path
+
+RAW_DIMS = {"image": 10, "audio": 7}  # raw feature widths: different from d on purpose
+
+
+def project(raw: np.ndarray, stats: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """fbar = ((x - mean) / scale) W + b, in plain numpy (the reference for the service)."""
+    return (((raw - stats[0]) / stats[1]) @ weight[:-1] + weight[-1]).astype(np.float32)
+
+
+def map_content(raw: dict[str, np.ndarray], planted: dict[str, np.ndarray]) -> np.ndarray:
+    """h = concat_m ((x^m - mu^m) / sigma^m) A + c, in plain numpy."""
+    z = np.concatenate(
+        [(raw[m] - planted[f"mapper_input_{m}"][0]) / planted[f"mapper_input_{m}"][1] for m in RAW_DIMS],
+        axis=-1,
+    )
+    mapper = planted["mapper"]
+    return (z @ mapper[:-1] + mapper[-1]).astype(np.float32)
+
+
+def write_with_content(
+    root: Path, set_current: bool = True, seed: int = 0, **kwargs: object
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """An artifact with a content path (artifact.content's files), its modality_<m>.npy rows the
+    projection of planted raw features. Returns (path, planted arrays: ``raw_<m>`` (n_items, D_m)
+    and every content array by role)."""
+    from artifact import content
+
+    manifest, arrays = build(seed=seed, **kwargs)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1000 + seed)
+    d, n = manifest.dim, manifest.n_items
+    planted: dict[str, np.ndarray] = {}
+    extra: dict[str, np.ndarray] = {}
+    for m, size in RAW_DIMS.items():
+        raw = rng.normal(size=(n, size)).astype(np.float32)
+        stats = np.stack([rng.normal(size=size), rng.uniform(0.5, 2.0, size=size)]).astype(np.float32)
+        weight = (rng.normal(size=(size + 1, d)) / np.sqrt(size)).astype(np.float32)
+        mapper_stats = np.stack([rng.normal(size=size), rng.uniform(0.5, 2.0, size=size)]).astype(np.float32)
+        arrays.modality_features[m] = project(raw, stats, weight)
+        planted[f"raw_{m}"], planted[f"input_{m}"], planted[f"projection_{m}"] = raw, stats, weight
+        planted[f"mapper_input_{m}"] = mapper_stats
+        extra[content.content_input_file(m)] = stats
+        extra[content.content_projection_file(m)] = weight
+        extra[content.content_mapper_input_file(m)] = mapper_stats
+    total = sum(RAW_DIMS.values())
+    planted["mapper"] = (rng.normal(size=(total + 1, d)) / np.sqrt(total)).astype(np.float32)
+    extra[content.CONTENT_MAPPER] = planted["mapper"]
+    extra[content.CONTENT_FILLED] = np.zeros(0, dtype=np.int64)
+    arrays.extra = extra
+    # h_u of the builder used the random modality features: recompute Eq. 12 with the projected ones
+    for u in range(manifest.n_users):
+        items = arrays.train_indices[arrays.train_indptr[u] : arrays.train_indptr[u + 1]]
+        side = np.zeros(d)
+        if items.size:
+            for feats in arrays.modality_features.values():
+                side += _normalize(feats[items].astype(np.float64).sum(0) / np.sqrt(items.size))
+        arrays.user_embeddings[u] = arrays.user_id_side[u] + manifest.omega * side
+    manifest.modalities = [{"name": m, "raw_dim": RAW_DIMS[m], "dim": d} for m in RAW_DIMS]
+    manifest.content = content.content_manifest_entry(RAW_DIMS, list(RAW_DIMS), 0, {"synthetic": True})
+    path = contract.write_artifact(root, manifest, arrays)
+    if set_current:
+        contract.set_current(root, manifest.model_version)
+    return path, planted

@@ -1,0 +1,390 @@
+"""Cold-start benchmark (issue 11): items that have content but no interaction at training time.
+
+    python -m benchmarks.coldstart --data ../shared/data/tiktok --config configs/tiktok.yaml \
+        --seed 1 --report test --out benchmarks/results/coldstart num_threads=1
+
+The protocol of the cold-start literature (GAR, ALDI): from the dataset's train + validation
+interactions (its test split is never read), a seeded ``--cold-share`` (20%) of the items that have
+any interaction is held out ENTIRELY: half become cold-validation items, half cold-test items.
+
+* Training data: ``train.json`` without the cold items; its validation file (early stopping) is
+  ``val.json`` without them: the warm evaluation pairs.
+* ``cold``: each user's interactions with the ``--report`` half of the cold items (``val`` or
+  ``test``), ranked among those cold items only.
+* ``warm``: the warm validation pairs, ranked among the warm items (training items masked).
+* ``hybrid``: both sets of pairs, ranked among warm + reported-cold items together.
+
+Rankings compared (Recall/NDCG@20, paired bootstrap 95% intervals over users, and each method's
+difference to the content path): random; popularity; raw content cosine to the user's profile
+(the mean of their training items' unit, centred features, all modalities concatenated); the kNN
+average of warm neighbours (a cold item's vector is the mean h_i of its ``--knn`` most
+content-similar warm items in the trained model); each trained variant as exported without a content
+path (its cold items keep their untrained vectors), and with it (``artifact.content``: the ridge
+mapper fitted at export, the service's code path).
+
+``--ordinary`` adds the ordinary split: each variant trained on the unmodified data, and
+Recall@20 over all validation pairs and over the validation pairs whose item has no training
+interaction, with and without the content path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artifact.content import load_content_path
+from artifact.contract import Artifact, load_artifact
+from benchmarks.common import emit, paired_bootstrap, per_user_topk
+from benchmarks.content_signal import _unit, content_profiles
+from training.data import Dataset, Interactions, load_dataset, load_split
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, list[str]] = {"id_only": ["id_only=true"], "full": []}
+METRICS = ("recall", "ndcg")
+REFERENCE_SUFFIX = " + content path"
+
+
+def cold_split(data: Path, seed: int, share: float) -> dict[str, Any]:
+    """The held-out items and the derived split files' contents (external ids, as in the files)."""
+    train = json.loads((data / "train.json").read_text())
+    val = json.loads((data / "val.json").read_text())
+    items = sorted({i for split in (train, val) for its in split.values() for i in its})
+    rng = np.random.default_rng(seed)
+    n_cold = int(round(share * len(items)))
+    held = rng.permutation(np.asarray(items))[:n_cold]
+    cold_val, cold_test = set(held[: n_cold // 2].tolist()), set(held[n_cold // 2 :].tolist())
+    cold = cold_val | cold_test
+    users = sorted(set(train) | set(val), key=int)
+
+    def only(
+        split: dict[str, list[int]], keep: set[int] | None, drop: set[int] | None
+    ) -> dict[str, list[int]]:
+        out = {}
+        for u in users:
+            its = split.get(u, [])
+            out[u] = [i for i in its if (keep is None or i in keep) and (drop is None or i not in drop)]
+        return out
+
+    both = {u: sorted(train.get(u, []) + val.get(u, [])) for u in users}
+    return {
+        "train": only(train, None, cold),
+        "val": only(val, None, cold),
+        "cold_val": only(both, cold_val, None),
+        "cold_test": only(both, cold_test, None),
+        "cold_val_items": sorted(cold_val),
+        "cold_test_items": sorted(cold_test),
+    }
+
+
+def write_derived(src: Path, dst: Path, split: dict[str, Any]) -> Path:
+    """A dataset folder (train.json, val.json, feature symlinks) plus the two cold split files."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "val"):
+        (dst / f"{name}.json").write_text(json.dumps(split[name]))
+    for f in src.iterdir():
+        if f.name.endswith("_feat.npy") and not (dst / f.name).exists():
+            os.symlink(f.resolve(), dst / f.name)
+    for name in ("cold_val", "cold_test"):
+        (dst.parent / f"{name}.json").write_text(json.dumps(split[name]))
+    return dst
+
+
+def _training_cli(*args: str, log: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "a") as fh:
+        fh.write("$ python -m training " + " ".join(args) + "\n")
+        fh.flush()
+        proc = subprocess.run(
+            [sys.executable, "-m", "training", *args],
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: python -m training {' '.join(args)} (see {log})")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def train_variant(
+    data: Path,
+    out: Path,
+    variant: str,
+    config: str | None,
+    seed: int,
+    overrides: list[str],
+    kinds: list[str],
+) -> dict[str, Artifact]:
+    """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact."""
+    out.mkdir(parents=True, exist_ok=True)
+    run, store, log = out / f"run-{variant}", out / "store", out / f"log-{variant}.txt"
+    config_args = ["--config", config] if config else []
+    trained = _training_cli(
+        "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
+        f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
+    )  # fmt: skip
+    arts = {}
+    for content in [*kinds, "none"]:
+        exported = _training_cli(
+            "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
+            "--content-path", content, log=log,
+        )  # fmt: skip
+        arts[content] = load_artifact(exported["artifact"])
+    return arts
+
+
+def unit_content(dataset: Dataset) -> np.ndarray:
+    """All modalities' unit, centred features, concatenated: (n_items, sum D_m)."""
+    return np.concatenate(
+        [
+            _unit(np.asarray(f, np.float64) - np.asarray(f, np.float64).mean(0))
+            for f in dataset.features.values()
+        ],
+        axis=1,
+    )
+
+
+def knn_average(
+    item_emb: np.ndarray, content: np.ndarray, warm: np.ndarray, cold: np.ndarray, k: int
+) -> np.ndarray:
+    """item_emb with each cold row replaced by the mean of its k most content-similar warm rows."""
+    out = item_emb.copy()
+    unit = _unit(content - content.mean(0))
+    sims = unit[cold] @ unit[warm].T  # (n_cold, n_warm)
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    out[cold] = item_emb[warm][nearest].mean(axis=1)
+    return out
+
+
+def rankings(
+    dataset: Dataset, arts: dict[str, dict[str, Artifact]], cold: np.ndarray, knn: int, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """method -> (user vectors, item vectors) over all items of ``dataset``."""
+    rng = np.random.default_rng(seed)
+    n_u, n_i = dataset.n_users, dataset.n_items
+    popularity = dataset.train.item_counts(n_i).astype(np.float64)
+    content = unit_content(dataset)
+    warm = np.flatnonzero(popularity > 0)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "random": (rng.standard_normal((n_u, 32)), rng.standard_normal((n_i, 32))),
+        # ties (all cold items have popularity 0) broken at random
+        "popularity": (np.ones((n_u, 1)), (popularity + rng.uniform(0, 1e-3, n_i))[:, None]),
+        "content cosine": (
+            content_profiles(dataset.train.indptr, dataset.train.indices, content),
+            _unit(content - content.mean(0)),
+        ),
+    }
+    first = next(iter(arts))
+    plain0 = arts[first]["none"]
+    out[f"kNN average ({first}, k={knn})"] = (
+        plain0.arrays.user_embeddings,
+        knn_average(plain0.arrays.item_embeddings, content, warm, cold, knn),
+    )
+    for variant, by_kind in arts.items():
+        plain = by_kind["none"]
+        out[variant] = (plain.arrays.user_embeddings, plain.arrays.item_embeddings)
+        for kind, art in by_kind.items():
+            if kind == "none":
+                continue
+            # The service's code path: h_i of the cold items from their raw features alone.
+            path = load_content_path(art)
+            assert path is not None
+            items = art.arrays.item_embeddings.copy()
+            items[cold] = path.item_vectors({m: f[cold] for m, f in dataset.features.items()})
+            out[f"{variant}{REFERENCE_SUFFIX} ({kind})"] = (art.arrays.user_embeddings, items)
+    return out
+
+
+def _union(a: Interactions, b: Interactions) -> Interactions:
+    (ua, ia), (ub, ib) = a.to_pairs(), b.to_pairs()
+    users = np.concatenate([ua, ub]).astype(np.int64)
+    return Interactions.from_pairs(users, np.concatenate([ia, ib]).astype(np.int64), a.n_users)
+
+
+def evaluate(
+    methods: dict[str, tuple[np.ndarray, np.ndarray]],
+    dataset: Dataset,
+    settings: dict[str, tuple[np.ndarray, Interactions]],
+    reference: str,
+    n_boot: int,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for setting, (candidates, target) in settings.items():
+        per: dict[str, dict[str, np.ndarray]] = {m: {} for m in METRICS}
+        users = None
+        for name, (u, i) in methods.items():
+            r = per_user_topk(u, i, candidates, dataset.train, target, k=20)
+            users = r["users"] if users is None else users
+            assert np.array_equal(users, r["users"])
+            for m in METRICS:
+                per[m][name] = r[m]
+        results[setting] = {
+            "n_users": int(0 if users is None else users.size),
+            "n_candidates": int(candidates.size),
+            **{f"{m}@20": paired_bootstrap(per[m], reference, n_boot=n_boot) for m in METRICS},
+        }
+    return results
+
+
+def ordinary_split(data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    dataset = load_dataset(data)
+    popularity = dataset.train.item_counts(dataset.n_items)
+    val = dataset.val
+    users = np.repeat(np.arange(val.n_users), np.diff(val.indptr))
+    cold_pairs = popularity[val.indices] == 0
+    cold_val = Interactions.from_pairs(
+        users[cold_pairs], val.indices[cold_pairs].astype(np.int64), val.n_users
+    )
+    every = np.arange(dataset.n_items)
+    result: dict[str, Any] = {"n_val_pairs": int(val.nnz), "n_cold_val_pairs": int(cold_pairs.sum())}
+    for variant in args.variants:
+        arts = train_variant(
+            data, out / "ordinary", variant, args.config, args.seed, args.overrides, args.content
+        )
+        row: dict[str, Any] = {}
+        for kind, a in arts.items():
+            label = "without" if kind == "none" else kind
+            u, i = a.arrays.user_embeddings, a.arrays.item_embeddings
+            all_pairs = per_user_topk(u, i, every, dataset.train, val)
+            cold = per_user_topk(u, i, every, dataset.train, cold_val)
+            row[label] = {
+                "val_recall@20": float(all_pairs["recall"].mean()),
+                "val_ndcg@20": float(all_pairs["ndcg"].mean()),
+                "cold_pairs_recall@20": float(cold["recall"].mean()) if cold["users"].size else None,
+                "cold_pairs_hit_users": int((cold["recall"] > 0).sum()),
+                "cold_pairs_users": int(cold["users"].size),
+            }
+        result[variant] = row
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Cold-start benchmark, `{result['command']}`", ""]
+    for setting, res in result["settings"].items():
+        lines += [
+            f"**{setting}** ({res['n_users']} users, {res['n_candidates']} candidate items); "
+            f"difference to `{result['reference']}`",
+            "",
+            "| ranking | Recall@20 [95% CI] | diff | NDCG@20 [95% CI] | diff |",
+            "|---|---|---|---|---|",
+        ]
+        for name in res["recall@20"]:
+            cells = []
+            for m in ("recall@20", "ndcg@20"):
+                s = res[m][name]
+                cells.append(f"{s['mean']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]")
+                cells.append(f"{s['diff']:+.4f} [{s['diff_lo']:+.4f}, {s['diff_hi']:+.4f}]")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("targets"):
+        lines += ["Targets (cold Recall@20 ratios): " + json.dumps(result["targets"]), ""]
+    if result.get("ordinary"):
+        o = result["ordinary"]
+        lines += [
+            f"Ordinary split ({o['n_val_pairs']} validation pairs, {o['n_cold_val_pairs']} with an item "
+            "that has no training interaction):",
+            "",
+            "| model | content path | val Recall@20 | val NDCG@20 | cold-pair Recall@20 | users with a cold hit |",
+            "|---|---|---|---|---|---|",
+        ]
+        for variant in result["variants"]:
+            for label, r in o[variant].items():
+                cold = "-" if r["cold_pairs_recall@20"] is None else f"{r['cold_pairs_recall@20']:.4f}"
+                lines.append(
+                    f"| {variant} | {label} | {r['val_recall@20']:.4f} | {r['val_ndcg@20']:.4f} | {cold} | "
+                    f"{r['cold_pairs_hit_users']} of {r['cold_pairs_users']} |"
+                )
+    return "\n".join(lines)
+
+
+def targets(settings: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Each content path's cold Recall@20 over the best non-learned baseline and over random."""
+    cold = settings["cold"]["recall@20"]
+    best = max(v["mean"] for k, v in cold.items() if k == "content cosine" or k.startswith("kNN average"))
+    rnd = cold["random"]["mean"]
+    return {
+        name: {
+            "vs_best_non_learned": round(v["mean"] / best, 3) if best else None,
+            "vs_random": round(v["mean"] / rnd, 3) if rnd else None,
+        }
+        for name, v in cold.items()
+        if REFERENCE_SUFFIX in name
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--config")
+    p.add_argument("--seed", type=int, default=1, help="seed of the item hold-out and of the training")
+    p.add_argument("--cold-share", type=float, default=0.2)
+    p.add_argument("--report", choices=("val", "test"), default="val", help="which cold half to score")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["id_only"])
+    p.add_argument("--knn", type=int, default=10)
+    p.add_argument(
+        "--content", nargs="+", choices=("ridge", "bpr"), default=["ridge", "bpr"],
+        help="content path kinds to export and score; the first is the reference of the differences",
+    )  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--ordinary", action="store_true", help="also the ordinary split's cold pairs")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/coldstart"))
+    p.add_argument("overrides", nargs="*", help="key=value trainer overrides for every run")
+    args = p.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    split = cold_split(args.data, args.seed, args.cold_share)
+    derived = write_derived(args.data, out / "data-cold", split)
+    dataset = load_dataset(derived)
+    reported = np.asarray(split[f"cold_{args.report}_items"], dtype=np.int64)
+    all_cold = np.asarray(split["cold_val_items"] + split["cold_test_items"], dtype=np.int64)
+    cold_target = load_split(out / f"cold_{args.report}.json", dataset)
+    warm_items = np.setdiff1d(np.arange(dataset.n_items), all_cold)
+    settings = {
+        "cold": (reported, cold_target),
+        "warm": (warm_items, dataset.val),
+        "hybrid": (np.union1d(warm_items, reported), _union(dataset.val, cold_target)),
+    }
+    arts = {
+        v: train_variant(derived, out, v, args.config, args.seed, args.overrides, args.content)
+        for v in args.variants
+    }
+    methods = rankings(dataset, arts, all_cold, args.knn, args.seed)
+    reference = f"{args.variants[0]}{REFERENCE_SUFFIX} ({args.content[0]})"
+    command = " ".join(["python -m benchmarks.coldstart", *(argv if argv is not None else sys.argv[1:])])
+    result: dict[str, Any] = {
+        "command": command,
+        "data": str(args.data),
+        "seed": args.seed,
+        "report": args.report,
+        "n_cold_items": {"val": len(split["cold_val_items"]), "test": len(split["cold_test_items"])},
+        "variants": args.variants,
+        "reference": reference,
+        "content_fit": {
+            f"{v} ({k})": a.manifest.content["fit"]
+            for v, by_kind in arts.items()
+            for k, a in by_kind.items()
+            if a.manifest.content
+        },
+        "settings": evaluate(methods, dataset, settings, reference, args.bootstrap),
+    }
+    result["targets"] = targets(result["settings"])
+    if args.ordinary:
+        result["ordinary"] = ordinary_split(args.data, out, args)
+    text = markdown(result)
+    (out / "results.md").write_text(text + "\n")
+    emit(text, result, out / "results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

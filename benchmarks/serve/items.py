@@ -1,0 +1,268 @@
+"""Items added through the API, as deployed: propagation of PUT /items between replicas, and what
+10,000 added items cost warm ``/recommend``.
+
+    python -m benchmarks.serve.items [--added 10000] [--batch 1000] [--duration 15] [--rounds 2]
+
+A private redis-server; a TikTok-sized synthetic artifact (``synth.build_tiktok_sized``) with a
+content path of TikTok's raw widths (image 128, audio 128; random weights scaled so that added
+items' h_i have the trained items' norm, so they compete in the rankings rather than all win).
+
+1. Propagation: two single-process replicas R1, R2 on one Redis prefix. ``--added / --batch``
+   batches of ``--batch`` items are PUT to R1, one after another; for each: the PUT's latency
+   (validate, append to the Redis stream, apply on R1) and the time from sending it until R2 serves
+   its last item (``GET /items/{id}`` answers 200; R2 polls every ITEMS_POLL_INTERVAL_S).
+2. Warm throughput: server A (no added items) and server B (the same prefix as R1/R2: it replays
+   the ``--added`` items at start-up) run as deployed (``--workers`` uvicorn workers each), both
+   primed with one request per user; then wrk's warm scenario (``benchmarks/serve/wrk``) alternates
+   A, B, A, B, ... (``--rounds`` each), one server loaded at a time.
+
+Prints tables and writes benchmarks/results/serve_items.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from artifact import content, contract
+from benchmarks.serve import synth
+from benchmarks.serve.common import idle_warning, machine, table, write_result
+from benchmarks.serve.load import _prime, run_wrk
+from benchmarks.serve.procs import ApiServer, RedisServer, api_env
+
+RAW_DIMS = {"image": 128, "audio": 128}  # TikTok's raw feature widths
+TOKEN = "bench-items-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def write_artifact_with_content(root: Path, seed: int = 0) -> Path:
+    manifest, arrays = synth.build_tiktok_sized(seed=seed)
+    rng = np.random.default_rng(100 + seed)
+    d = manifest.dim
+    extra: dict[str, np.ndarray] = {}
+    for m, size in RAW_DIMS.items():
+        extra[content.content_input_file(m)] = np.stack([np.zeros(size), np.ones(size)]).astype(np.float32)
+        extra[content.content_projection_file(m)] = (rng.normal(size=(size + 1, d)) / np.sqrt(size)).astype(
+            np.float32
+        )
+        extra[content.content_mapper_input_file(m)] = np.stack([np.zeros(size), np.ones(size)]).astype(
+            np.float32
+        )
+    total = sum(RAW_DIMS.values())
+    # z ~ N(0, 1) of width `total`: h_j has variance total * s^2 = 1 / d, the trained h_i's (synth)
+    extra[content.CONTENT_MAPPER] = (rng.normal(size=(total + 1, d)) / np.sqrt(total * d)).astype(np.float32)
+    extra[content.CONTENT_FILLED] = np.zeros(0, dtype=np.int64)
+    arrays.extra = extra
+    manifest.modalities = [{"name": m, "raw_dim": RAW_DIMS[m], "dim": d} for m in RAW_DIMS]
+    manifest.content = content.content_manifest_entry(RAW_DIMS, list(RAW_DIMS), 0, {"synthetic": True})
+    path = contract.write_artifact(root, manifest, arrays)
+    contract.set_current(root, manifest.model_version)
+    return path
+
+
+def batch_body(rng: np.random.Generator, start: int, n: int) -> dict[str, Any]:
+    items = []
+    for j in range(start, start + n):
+        feats = {m: np.round(rng.normal(size=size), 5).tolist() for m, size in RAW_DIMS.items()}
+        items.append({"item_id": f"new-{j}", "features": feats, "available": True})
+    return {"items": items}
+
+
+def propagation(r1: ApiServer, r2: ApiServer, added: int, batch: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    with httpx.Client(timeout=60) as client:
+        for start in range(0, added, batch):
+            n = min(batch, added - start)
+            body = batch_body(rng, start, n)
+            last = f"new-{start + n - 1}"
+            sent = time.perf_counter()
+            r = client.put(r1.url + "/items", json=body, headers=AUTH)
+            put_s = time.perf_counter() - sent
+            if r.status_code != 200:
+                raise RuntimeError(f"PUT /items answered {r.status_code}: {r.text[:500]}")
+            while client.get(f"{r2.url}/items/{last}").status_code != 200:
+                if time.perf_counter() - sent > 30:
+                    raise RuntimeError(f"{last} not served by the second replica after 30 s")
+                time.sleep(0.005)
+            both_s = time.perf_counter() - sent
+            rows.append({"items": n, "put_s": round(put_s, 3), "served_by_both_s": round(both_s, 3)})
+    both = [r["served_by_both_s"] for r in rows]
+    return {
+        "batches": rows,
+        "served_by_both_s": {"median": round(statistics.median(both), 3), "max": round(max(both), 3)},
+        "put_s": {"median": round(statistics.median(r["put_s"] for r in rows), 3)},
+    }
+
+
+def share_of_added(url: str, n_users: int, n: int = 300, seed: int = 1) -> float:
+    rng = np.random.default_rng(seed)
+    hits = total = 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for u in rng.integers(0, n_users, size=n):
+            got = client.post("/recommend", json={"user_id": f"u{u}", "k": 20}).json()["items"]
+            hits += sum(it["item_id"].startswith("new-") for it in got)
+            total += len(got)
+    return round(hits / max(total, 1), 4)
+
+
+def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Per-query cost of top-K without and with ``added`` items (one FAISS thread, as served),
+    interleaved ``rounds`` times: the model's index alone, the side index alone, the whole merge."""
+    import faiss
+
+    from artifact.content import load_content_path
+    from service.catalogue import CatalogueView, ItemRecord
+    from service.model_manager import load_recommender
+    from service.settings import Settings
+
+    faiss.omp_set_num_threads(1)
+    settings = Settings(_env_file=None, artifact_root=root, faiss_use_gpu=False)  # type: ignore[call-arg]
+    rec = load_recommender(root / str(contract.read_current(root)), settings)
+    rng = np.random.default_rng(seed)
+    records = {
+        f"new-{j}": ItemRecord(
+            True, {m: rng.normal(size=d).astype(np.float32) for m, d in RAW_DIMS.items()}, "1-0"
+        )
+        for j in range(added)
+    }
+    cp = load_content_path(rec.artifact)
+    plain = CatalogueView.build(rec, cp, {}, None, None)
+    started = time.perf_counter()
+    with_added = CatalogueView.build(rec, cp, records, "1-0", None)
+    build_s = time.perf_counter() - started
+    users = rng.integers(0, rec.artifact.manifest.n_users, size=n)
+    queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)))
+               for u in users]  # fmt: skip
+
+    def per_query_ms(fn: Any) -> float:
+        t = time.perf_counter()
+        for q, seen in queries:
+            fn(q, seen)
+        return 1e3 * (time.perf_counter() - t) / n
+
+    out: dict[str, list[float]] = {
+        "top_k_without": [],
+        "top_k_with": [],
+        "model_index_search": [],
+        "side_index_search": [],
+    }
+    for _ in range(rounds):
+        out["top_k_without"].append(per_query_ms(lambda q, seen: plain.top_k(q, 20, seen)))
+        out["top_k_with"].append(per_query_ms(lambda q, seen: with_added.top_k(q, 20, seen)))
+        out["model_index_search"].append(per_query_ms(lambda q, seen: rec.index.search(q, 20 + seen.size)))
+        out["side_index_search"].append(
+            per_query_ms(lambda q, seen: with_added._side_index.search(q.reshape(1, -1), 20))
+        )
+    return {"queries": n, "rounds": rounds, "build_view_s": round(build_s, 3),
+            "ms_per_query": {k: [round(v, 4) for v in vals] for k, vals in out.items()}}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve.items", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--added", type=int, default=10_000, help="items added through PUT /items")
+    p.add_argument("--batch", type=int, default=1_000, help="items per PUT")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn workers of the throughput servers")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternated A/B")
+    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    warning = idle_warning()
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    result: dict[str, Any] = {"machine_at_start": machine(), "args": vars(args) | {"out": str(args.out)}}
+    work = Path(tempfile.mkdtemp(prefix="bench-items-"))
+    redis = RedisServer(work)
+    redis.start()
+    servers: list[ApiServer] = []
+    try:
+        root = work / "artifacts"
+        write_artifact_with_content(root)
+        m = contract.read_manifest(root / str(contract.read_current(root)))
+        n_users, n_items = m.n_users, m.n_items
+        result["artifact"] = {"n_users": n_users, "n_items": n_items, "dim": m.dim, "raw_dims": RAW_DIMS}
+        extra = {"ADMIN_TOKEN": TOKEN, "MAX_BODY_BYTES": str(64 << 20), "ITEMS_MAX_BATCH": str(args.batch)}
+
+        def server(prefix: str, workers: int, name: str) -> ApiServer:
+            s = ApiServer(api_env(root, redis.url, REDIS_PREFIX=prefix, **extra), work / f"{name}.log",
+                          workers=workers)  # fmt: skip
+            servers.append(s)
+            s.wait_ready(timeout=120)
+            return s
+
+        result["in_process"] = in_process(root, args.added)
+        print(table(["in-process ms/query (rounds)", "values"],
+                    [[k, v] for k, v in result["in_process"]["ms_per_query"].items()]))  # fmt: skip
+
+        # 1. propagation between two replicas
+        r1, r2 = server("items", 1, "r1"), server("items", 1, "r2")
+        result["propagation"] = propagation(r1, r2, args.added, args.batch)
+        for s in (r1, r2):
+            s.stop()
+        print(table(["batch", "items", "PUT s", "served by both replicas s"],
+                    [[i, b["items"], b["put_s"], b["served_by_both_s"]]
+                     for i, b in enumerate(result["propagation"]["batches"])]))  # fmt: skip
+
+        # 2. warm throughput, without (A) and with (B) the added items, alternated
+        started = time.perf_counter()
+        b = server("items", args.workers, "b")  # replays every added item before it is ready
+        result["replay_start_s"] = round(time.perf_counter() - started, 2)
+        a = server("plain", args.workers, "a")
+        assert httpx.get(f"{b.url}/items/new-{args.added - 1}").status_code == 200
+        assert httpx.get(f"{a.url}/items/new-0").status_code == 404
+        for s in (a, b):
+            asyncio.run(_prime(s.url, n_users))
+        result["added_share_of_warm_top20"] = {
+            "a": share_of_added(a.url, n_users),
+            "b": share_of_added(b.url, n_users),
+        }
+        runs: list[dict[str, Any]] = []
+        for rnd in range(args.rounds):
+            for label, s in (("A: no added items", a), (f"B: {args.added} added", b)):
+                run = run_wrk(s.url, "warm", args.connections, 1, args.duration, n_users, n_items)
+                runs.append(run | {"server": label, "round": rnd})
+        result["warm"] = runs
+        rows = [[r["server"], r["round"], r["rps"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
+                 r["error_total"]] for r in runs]  # fmt: skip
+        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+
+        def mean(label_start: str, key: str) -> float:
+            vals = [(r["rps"] if key == "rps" else r["latency_ms"]["p99"]) for r in runs
+                    if r["server"].startswith(label_start)]  # fmt: skip
+            return round(float(np.mean(vals)), 3)
+
+        result["summary"] = {
+            "rps_a": mean("A", "rps"),
+            "rps_b": mean("B", "rps"),
+            "p99_ms_a": mean("A", "p99"),
+            "p99_ms_b": mean("B", "p99"),
+        }
+        s = result["summary"]
+        s["rps_b_over_a"] = round(s["rps_b"] / s["rps_a"], 3)
+        s["p99_b_over_a"] = round(s["p99_ms_b"] / s["p99_ms_a"], 3)
+        print(s, "replay at start:", result["replay_start_s"], "s")
+    finally:
+        for s in servers:
+            s.stop()
+        redis.stop()
+    result["machine_at_end"] = machine()
+    path = write_result("serve_items", result, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,692 @@
+"""The catalogue the service serves: the immutable artifact underneath, an overlay of items on top.
+
+``PUT /items`` adds items (their vector h_i from the artifact's content path, ``artifact.content``),
+updates them, or makes any item unavailable. The ``Catalogue`` is the one owner of that mutable
+state; what requests use is a ``CatalogueView``, an immutable pair (serving ``Recommender``, overlay
+arrays) that is replaced by one reference assignment, so a search never sees half of a batch:
+
+* items of the artifact keep their FAISS index; items added through the API live in a small side
+  index (an exact FAISS IndexFlatIP over their h_i, built with each view and never changed after)
+  searched beside it and merged by score at query time: no index being searched is ever added to;
+* unavailable items (of either kind) are excluded from every result: ``/recommend`` (all paths,
+  the popularity fallback included) and ``/items/{id}/similar``;
+* item indices of a view run over the artifact's items (0..n-1) and then the added ones (n..), so
+  the user-vector code works unchanged: Eq. 2 over a user's items uses an added item's projected
+  features fbar_i^m (``ContentPath.modality_features``), and the fold-in of an unknown user's ID side
+  counts it with a zero graph embedding (it has none);
+* on a model swap the overlay is rebuilt on the new model (in the model manager's loading thread)
+  and swapped in together with it; an item the new model contains keeps only its availability (the
+  trained vector wins over the content path), the others get vectors from the new content path.
+
+Added items enter a user's top-K blended by score with the artifact's items (their h_i lives in the
+same space: the content path is fitted to the trained h_i). ``NEW_ITEMS_MAX_SLOTS`` bounds how many
+of them one list may hold.
+
+Every change goes through the log (``service.itemlog``: a Redis stream shared by the replicas, or a
+list in process), which each replica polls every ``ITEMS_POLL_INTERVAL_S`` and applies in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+from fastapi.exceptions import RequestValidationError
+
+from artifact import contract
+from artifact.content import ContentPath, load_content_path
+from artifact.contract import Artifact, ArtifactError
+from service.errors import StoreUnavailableError, limit_exceeded
+from service.itemlog import ItemChange, ItemLog
+from service.metrics import Metrics
+from service.model_manager import ModelManager
+from service.recommender import Recommender, UserPlan
+from service.schemas import ItemsRequest
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_NO_SCORES = np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """What the overlay holds about one item id: every PUT for it, merged (the last one wins)."""
+
+    available: bool
+    features: Mapping[str, np.ndarray] | None  # raw features (D_m,) float32 per modality, last given
+    position: str  # log position of the last change
+
+
+def _fits(content: ContentPath, features: Mapping[str, np.ndarray]) -> bool:
+    return set(features) == set(content.modalities) and all(
+        features[m].shape == (dim,) for m, dim in content.modalities.items()
+    )
+
+
+def _project(
+    content: ContentPath, rows: list[Mapping[str, np.ndarray]]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Raw features of n items -> (h_i (n, d), fbar^m name -> (n, d)) through the content path."""
+    raw = {m: np.stack([np.asarray(r[m], dtype=np.float32) for r in rows]) for m in content.modalities}
+    return content.item_vectors(raw), content.modality_features(raw)
+
+
+class CatalogueView:
+    """One serving model plus the overlay applied on it. Immutable: build a new one to change it.
+
+    It answers the ``Recommender``'s questions (ids, user vectors, top-K) over the combined
+    catalogue, so ``service.serving`` uses it in the Recommender's place.
+    """
+
+    def __init__(
+        self,
+        rec: Recommender,
+        content: ContentPath | None,
+        records: Mapping[str, ItemRecord],
+        base_available: np.ndarray,
+        new_ids: list[str],
+        new_vectors: np.ndarray,
+        new_modality: dict[str, np.ndarray],
+        new_available: np.ndarray,
+        features_position: str | None,
+        max_slots: int | None,
+    ) -> None:
+        self.rec = rec
+        self.content = content
+        self.records = records  # the Catalogue's records this view was built from
+        self.artifact = rec.artifact
+        self.index = rec.index
+        self.version = rec.version
+        self.loaded_at = rec.loaded_at
+        self.dim = rec.dim
+        self.n_base = rec.n_items
+        self.n_items = rec.n_items + len(new_ids)
+        self.base_available = base_available  # (n_base,) bool
+        self.unavailable_base = np.flatnonzero(~base_available)
+        self.new_ids = new_ids
+        self.new_row = {item_id: j for j, item_id in enumerate(new_ids)}
+        self.new_vectors = new_vectors  # (n_new, d) h_i of the added items: the side index
+        self.new_modality = new_modality  # name -> (n_new, d) fbar^m of the added items
+        self.new_available = new_available  # (n_new,) bool
+        self.n_new_available = int(new_available.sum())
+        self.unavailable_new = np.flatnonzero(~new_available)
+        # The side index: exact inner product over the added items' h_i, built here, before any
+        # search sees it, and never changed (FAISS single-threaded like the main index; numpy's
+        # matrix-vector product went through a multi-threaded BLAS at 40x the cost on 2 busy cores).
+        self._side_index = faiss.IndexFlatIP(rec.dim)
+        if new_ids:
+            self._side_index.add(np.ascontiguousarray(new_vectors, dtype=np.float32))
+        self.features_position = features_position
+        self.max_slots = max_slots
+        # Cached user vectors depend on the added items' features: scope them by the log position
+        # of the last batch that added or re-featured one (the same on every replica).
+        self.cache_version = (
+            rec.version if features_position is None else f"{rec.version}~{features_position}"
+        )
+
+    # ---------------------------------------------------------------- building
+
+    @classmethod
+    def build(
+        cls,
+        rec: Recommender,
+        content: ContentPath | None,
+        records: Mapping[str, ItemRecord],
+        features_position: str | None,
+        max_slots: int | None,
+    ) -> CatalogueView:
+        """The overlay from scratch on ``rec`` (at start and on a model swap)."""
+        base_available = np.ones(rec.n_items, dtype=bool)
+        new_ids: list[str] = []
+        rows: list[Mapping[str, np.ndarray]] = []
+        available: list[bool] = []
+        skipped = 0
+        for item_id, record in records.items():  # insertion order: first PUT first
+            i = rec.item_index.get(item_id)
+            if i is not None:  # the model has it: only availability applies
+                base_available[i] = record.available
+                continue
+            if record.features is None or content is None or not _fits(content, record.features):
+                skipped += 1
+                continue
+            new_ids.append(item_id)
+            rows.append(record.features)
+            available.append(record.available)
+        if skipped:
+            log.warning(
+                "added items not served: this model has no content path for their features",
+                extra={"version": rec.version, "items": skipped},
+            )
+        vectors, modality = cls._empty_new(rec) if not rows else _project(content, rows)  # type: ignore[arg-type]
+        return cls(
+            rec,
+            content,
+            records,
+            base_available,
+            new_ids,
+            vectors,
+            modality,
+            np.array(available, dtype=bool),
+            features_position,
+            max_slots,
+        )
+
+    @staticmethod
+    def _empty_new(rec: Recommender) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        names = rec.artifact.manifest.modality_names
+        return np.zeros((0, rec.dim), np.float32), {m: np.zeros((0, rec.dim), np.float32) for m in names}
+
+    def apply(
+        self, changed: Sequence[str], records: Mapping[str, ItemRecord], features_position: str | None
+    ) -> CatalogueView:
+        """A new view with the items ``changed`` re-read from ``records`` (copy-on-write)."""
+        base_available = self.base_available
+        new_ids = list(self.new_ids)
+        new_available = self.new_available.copy()
+        replace: dict[int, Mapping[str, np.ndarray]] = {}  # row -> raw features
+        append: list[Mapping[str, np.ndarray]] = []
+        append_available: list[bool] = []
+        for item_id in dict.fromkeys(changed):
+            record = records[item_id]
+            i = self.rec.item_index.get(item_id)
+            if i is not None:
+                if base_available is self.base_available:
+                    base_available = base_available.copy()
+                base_available[i] = record.available
+                continue
+            j = self.new_row.get(item_id)
+            if j is not None:
+                new_available[j] = record.available
+                # a change without features keeps the previous features object: no re-projection
+                prev = self.records.get(item_id)
+                changed_features = prev is None or prev.features is not record.features
+                if (
+                    changed_features
+                    and record.features is not None
+                    and self.content is not None
+                    and _fits(self.content, record.features)
+                ):
+                    replace[j] = record.features
+                continue
+            if record.features is None or self.content is None or not _fits(self.content, record.features):
+                continue
+            new_ids.append(item_id)
+            append.append(record.features)
+            append_available.append(record.available)
+        vectors, modality = self.new_vectors, self.new_modality
+        if replace or append:
+            assert self.content is not None
+            h, fbar = _project(self.content, list(replace.values()) + append)
+            rows = np.fromiter(replace, dtype=np.int64, count=len(replace))
+            k = len(replace)
+            vectors = np.concatenate((vectors, h[k:]))
+            modality = {m: np.concatenate((modality[m], fbar[m][k:])) for m in modality}
+            if k:
+                vectors[rows] = h[:k]
+                for m in modality:
+                    modality[m][rows] = fbar[m][:k]
+            new_available = np.concatenate((new_available, np.array(append_available, dtype=bool)))
+        return CatalogueView(
+            self.rec,
+            self.content,
+            records,
+            base_available,
+            new_ids,
+            vectors,
+            modality,
+            new_available,
+            features_position,
+            self.max_slots,
+        )
+
+    # ---------------------------------------------------------------- ids
+
+    def lookup_items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """External item ids -> (indices of the known ones, the unknown ids in request order)."""
+        if not self.new_ids:
+            return self.rec.lookup_items(item_ids)
+        base, rows = self.rec.item_index, self.new_row
+        found: list[int] = []
+        unknown: list[str] = []
+        for item_id in item_ids:
+            i = base.get(item_id)
+            if i is None:
+                j = rows.get(item_id)
+                if j is None:
+                    unknown.append(item_id)
+                    continue
+                i = self.n_base + j
+            found.append(i)
+        return np.array(found, dtype=np.int64), unknown
+
+    def item_ids(self, indices: np.ndarray) -> list[str]:
+        if not self.new_ids or not indices.size or indices.max() < self.n_base:
+            return self.rec.item_ids(indices)
+        return self._all_ids[indices].tolist()
+
+    @functools.cached_property
+    def _all_ids(self) -> np.ndarray:
+        return np.array(list(self.artifact.arrays.item_ids) + self.new_ids, dtype=object)
+
+    def item_vector(self, index: int) -> np.ndarray:
+        if index < self.n_base:
+            return np.asarray(self.artifact.arrays.item_embeddings[index], dtype=np.float32)
+        return self.new_vectors[index - self.n_base]
+
+    def is_available(self, index: int) -> bool:
+        if index < self.n_base:
+            return bool(self.base_available[index])
+        return bool(self.new_available[index - self.n_base])
+
+    def describe(self, item_id: str) -> dict[str, Any] | None:
+        """What the service holds about one item, or None if it has no such item."""
+        indices, _ = self.lookup_items([item_id])
+        if not indices.size:
+            return None
+        index = int(indices[0])
+        record = self.records.get(item_id)
+        in_model = index < self.n_base
+        out: dict[str, Any] = {
+            "item_id": item_id,
+            "model_version": self.version,
+            "source": "model" if in_model else "added",
+            "available": self.is_available(index),
+            "training_interactions": int(self.artifact.arrays.item_popularity[index]) if in_model else 0,
+            "features": None,
+            "last_change": record.position if record is not None else None,
+        }
+        if record is not None and record.features is not None:
+            out["features"] = {m: int(v.shape[0]) for m, v in record.features.items()}
+        return out
+
+    # ---------------------------------------------------------------- user vectors
+
+    def plan(self, user_id: str, fresh_items: np.ndarray) -> UserPlan:
+        return self.rec.plan(user_id, fresh_items, n_items=self.n_items)
+
+    def user_vector(self, plan: UserPlan) -> np.ndarray | None:
+        items = plan.vector_items
+        if plan.path in ("known", "popularity") or not items.size or items.max() < self.n_base:
+            return self.rec.user_vector(plan)
+        # Eq. 2 + Eq. 12 over the combined catalogue: the added items' fbar^m rows follow the model's.
+        return contract.user_vector(self._extended_artifact, items, plan.user_index)
+
+    @functools.cached_property
+    def _extended_artifact(self) -> Artifact:
+        a = self.artifact.arrays
+        n_new = len(self.new_ids)
+        layers = a.item_layer_embeddings
+        arrays = dataclasses.replace(
+            a,
+            modality_features={
+                m: np.concatenate((f, self.new_modality[m])) for m, f in a.modality_features.items()
+            },
+            item_layer_embeddings=np.concatenate(
+                (layers, np.zeros((layers.shape[0], n_new, layers.shape[2]), dtype=layers.dtype)), axis=1
+            ),
+            item_popularity=np.concatenate(
+                (a.item_popularity, np.zeros(n_new, dtype=a.item_popularity.dtype))
+            ),
+        )
+        return dataclasses.replace(self.artifact, arrays=arrays)
+
+    # ---------------------------------------------------------------- retrieval
+
+    def top_k(self, vector: np.ndarray | None, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` available items not in ``exclude``, artifact and added ones merged by score.
+
+        ``vector`` None ranks by training popularity (added items have none: they come last).
+        """
+        exclude = np.asarray(exclude, dtype=np.int64)
+        base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
+        if self.unavailable_base.size:
+            base_exclude = np.concatenate((base_exclude, self.unavailable_base))
+        labels, scores = self.rec.top_k(vector, k, base_exclude)
+        take = min(k, self.n_new_available)
+        if self.max_slots is not None:
+            take = min(take, self.max_slots)
+        if take <= 0:
+            return labels, scores
+        new_exclude = exclude[exclude >= self.n_base] - self.n_base if exclude.size else _EMPTY
+        allowed = self.new_available
+        if new_exclude.size:
+            allowed = allowed.copy()
+            allowed[new_exclude] = False
+        if vector is None:  # popularity: added items have none; the first available ones, score 0
+            best = np.flatnonzero(allowed)[:take]
+            new_scores = np.zeros(best.size, dtype=np.float32)
+        else:
+            # over-fetch by what may be filtered out, then drop it (like Recommender.top_k)
+            fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)
+            query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+            found_scores, found = self._side_index.search(query, fetch)
+            found, found_scores = found[0], found_scores[0]
+            keep = (found >= 0) & allowed[np.maximum(found, 0)]
+            best, new_scores = found[keep][:take], found_scores[keep][:take]
+        if not best.size:
+            return labels, scores
+        all_labels = np.concatenate((labels, best + self.n_base))
+        all_scores = np.concatenate((scores.astype(np.float32), new_scores))
+        order = np.argsort(-all_scores, kind="stable")[:k]  # artifact items first among equal scores
+        return all_labels[order], all_scores[order]
+
+    def similar(self, index: int, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Item-to-item neighbours by inner product of the model's item vectors h_i."""
+        return self.top_k(self.item_vector(index), k, np.concatenate((exclude, [index])))
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def validate_batch(req: ItemsRequest, view: CatalogueView, settings: Settings) -> list[ItemChange]:
+    """The batch as changes, or one RequestValidationError naming every bad item and field."""
+    errors: list[dict[str, Any]] = []
+    limit = settings.items_max_batch
+    if len(req.items) > limit:
+        raise RequestValidationError(
+            [limit_exceeded("items", f"<{len(req.items)} items>", limit, f"items length ({len(req.items)})")]
+        )
+    content = view.content
+    seen: set[str] = set()
+    changes: list[ItemChange] = []
+    for n, item in enumerate(req.items):
+        where: tuple[Any, ...] = ("body", "items", n)
+        item_id = item.item_id
+
+        def bad(
+            field: tuple[Any, ...],
+            kind: str,
+            msg: str,
+            value: Any,
+            item_id: str = item_id,
+            where: tuple[Any, ...] = where,
+        ) -> None:
+            errors.append(
+                {"type": kind, "loc": where + field, "msg": f"item {item_id!r}: {msg}", "input": value}
+            )
+
+        if item_id in seen:
+            bad(("item_id",), "duplicate_item", "appears more than once in the batch", item_id)
+        seen.add(item_id)
+        known = bool(view.lookup_items([item_id])[0].size)
+        if item.features is None:
+            if not known:
+                bad(("features",), "missing", "a new item needs features for every modality", None)
+            changes.append(ItemChange(item_id, item.available, None))
+            continue
+        if content is None:
+            bad(
+                ("features",),
+                "no_content_path",
+                f"the serving model {view.version} was exported without a content path, so it cannot "
+                "take item features (availability changes of its own items still work)",
+                None,
+            )
+            continue
+        features: dict[str, np.ndarray] = {}
+        for name, values in item.features.items():
+            if name not in content.modalities:
+                bad(
+                    ("features", name),
+                    "unknown_modality",
+                    f"unknown modality {name!r}; this model's modalities: {list(content.modalities)}",
+                    name,
+                )
+                continue
+            with np.errstate(over="ignore"):  # a finite JSON number beyond float32 becomes inf
+                arr = np.asarray(values, dtype=np.float32)
+            expected = content.modalities[name]
+            if arr.shape != (expected,):
+                bad(
+                    ("features", name),
+                    "wrong_dimension",
+                    f"modality {name!r} has {arr.shape[0]} values, expected {expected}",
+                    f"<{arr.shape[0]} values>",
+                )
+            elif not np.isfinite(arr).all():
+                # float32 overflow turns a huge finite JSON number into inf too: also refused
+                bad(
+                    ("features", name),
+                    "finite_number",
+                    f"modality {name!r} holds NaN or inf (at positions "
+                    f"{np.flatnonzero(~np.isfinite(arr))[:5].tolist()})",
+                    None,
+                )
+            features[name] = arr
+        missing = [m for m in content.modalities if m not in item.features]
+        if missing:
+            bad(
+                ("features",),
+                "missing",
+                f"missing modalities {missing}; every one of {list(content.modalities)} is needed",
+                None,
+            )
+        changes.append(ItemChange(item_id, item.available, features))
+    if errors:
+        raise RequestValidationError(errors)
+    return changes
+
+
+# ------------------------------------------------------------------------------------ the owner
+
+
+class Catalogue:
+    """Owns the overlay: the merged records, the log position, the current view; applies batches."""
+
+    def __init__(
+        self, settings: Settings, manager: ModelManager, metrics: Metrics, item_log: ItemLog
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+        self.log = item_log
+        self._records: dict[str, ItemRecord] = {}  # replaced (never mutated) on every batch
+        self._position = "0-0"  # of the last batch applied
+        self._features_position: str | None = None  # of the last batch that added or re-featured items
+        self._view: CatalogueView | None = None
+        self._content: tuple[str, ContentPath | None] | None = None  # (model version, its content path)
+        self._lock = asyncio.Lock()
+        self._poll_task: asyncio.Task[None] | None = None
+        self._sync_failing = False
+        manager.prepare_hooks.append(self._prepare)
+
+    # ---------------------------------------------------------------- views
+
+    def _content_path(self, rec: Recommender) -> ContentPath | None:
+        cached = self._content
+        if cached is not None and cached[0] == rec.version:
+            return cached[1]
+        try:
+            content = load_content_path(rec.artifact)
+        except ArtifactError as exc:
+            log.error(
+                "content path refused: items cannot be added",
+                extra={"version": rec.version, "error": str(exc)},
+            )
+            content = None
+        self._content = (rec.version, content)
+        return content
+
+    def _build(
+        self, rec: Recommender, records: Mapping[str, ItemRecord], features_position: str | None
+    ) -> CatalogueView:
+        return CatalogueView.build(
+            rec, self._content_path(rec), records, features_position, self.settings.new_items_max_slots
+        )
+
+    def _prepare(self, rec: Recommender) -> Callable[[], None]:
+        """Model manager hook, in its loading thread: the overlay on the new model, swapped with it."""
+        records, position = self._records, self._features_position
+        try:
+            view = self._build(rec, records, position)
+        except Exception:  # never refuse a model for the overlay: require() retries the build
+            log.exception("could not build the item overlay on the new model", extra={"version": rec.version})
+            return lambda: None
+
+        def commit() -> None:
+            if self._records is records:  # else a batch landed meanwhile: require() rebuilds
+                self._view = view
+
+        return commit
+
+    def require(self) -> CatalogueView:
+        """The view for the serving model (ModelNotReadyError while there is none)."""
+        rec = self.manager.require()
+        view = self._view
+        if view is None or view.rec is not rec or view.records is not self._records:
+            # a model swap raced a batch: rebuild here (rare; normally prebuilt off the event loop)
+            view = self._view = self._build(rec, self._records, self._features_position)
+        return view
+
+    @property
+    def current(self) -> CatalogueView | None:
+        return self.require() if self.manager.current is not None else None
+
+    # ---------------------------------------------------------------- applying the log
+
+    async def start(self) -> None:
+        """Replay the log (a replica started later serves every batch so far), then poll it."""
+        try:
+            n = await self.sync()
+            if n:
+                log.info("replayed catalogue changes", extra={"batches": n, "items": len(self._records)})
+        except Exception as exc:
+            log.warning(
+                "could not replay the item log; retrying in the background", extra={"error": repr(exc)}
+            )
+        self._poll_task = asyncio.create_task(self._poll(), name="items-poll")
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._poll_task
+            self._poll_task = None
+        await self.log.close()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.items_poll_interval_s)
+            try:
+                await self.sync()
+                if self._sync_failing:
+                    log.info("item log readable again")
+                    self._sync_failing = False
+            except Exception as exc:  # never let the poller die; keep serving what we have
+                self.metrics.redis_errors.labels("items_sync").inc()
+                if not self._sync_failing:
+                    log.warning(
+                        "item log unreadable; serving the catalogue as it is", extra={"error": repr(exc)}
+                    )
+                    self._sync_failing = True
+
+    async def sync(self) -> int:
+        """Apply every batch of the log after our position; how many were applied."""
+        async with self._lock:
+            entries = await self.log.read_after(self._position)
+            if entries:
+                await self._apply(entries)
+            return len(entries)
+
+    async def _apply(self, entries: list[tuple[str, list[ItemChange]]]) -> None:
+        records = dict(self._records)
+        changed: list[str] = []
+        features_position = self._features_position
+        for position, changes in entries:
+            for change in changes:
+                prev = records.get(change.item_id)
+                features = (
+                    change.features if change.features is not None else (prev.features if prev else None)
+                )
+                records[change.item_id] = ItemRecord(change.available, features, position)
+                changed.append(change.item_id)
+                if change.features is not None:
+                    features_position = position
+        rec = self.manager.current
+        view = self._view
+        new_view: CatalogueView | None = None
+        if rec is not None:
+            if view is not None and view.rec is rec and view.records is self._records:
+                new_view = await asyncio.to_thread(view.apply, changed, records, features_position)
+            else:
+                new_view = await asyncio.to_thread(self._build, rec, records, features_position)
+        # one step, no await in between: records, position and view change together
+        self._records = records
+        self._position = entries[-1][0]
+        self._features_position = features_position
+        if new_view is not None and self.manager.current is new_view.rec:
+            self._view = new_view
+
+    async def put(self, req: ItemsRequest) -> dict[str, Any]:
+        """Validate a batch, append it to the log, apply it here. All or nothing."""
+        started = time.perf_counter()
+        view = self.require()
+        changes = validate_batch(req, view, self.settings)
+        position = await self.log.append(changes)  # StoreUnavailableError: nothing applied anywhere
+        try:
+            await self.sync()
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"the batch was recorded at log position {position} but this replica could not read "
+                f"the log back ({exc}); every replica applies it once Redis answers"
+            ) from exc
+        view = self.require()
+        added = sum(1 for c in changes if c.item_id in view.new_row and c.features is not None)
+        log.info(
+            "items applied",
+            extra={
+                "items": len(changes),
+                "position": position,
+                "ms": round(1000 * (time.perf_counter() - started), 1),
+            },
+        )
+        return {
+            "applied": len(changes),
+            "position": position,
+            "model_version": view.version,
+            "items_added_total": len(view.new_ids),
+            "added_or_refeatured": added,
+        }
+
+    # ---------------------------------------------------------------- retraining
+
+    def retrain_items(self) -> dict[str, Any] | None:
+        """Every item the overlay holds, for the retrain job spec (JSON-able); None if none.
+
+        ``item_ids``, ``available`` and ``has_features`` are per item in first-PUT order;
+        ``features[m]`` is the (n_with_features, D_m) float32 matrix of the raw features of the items
+        whose ``has_features`` is true, in that order, as base64 of its little-endian bytes.
+        """
+        records = self._records
+        if not records:
+            return None
+        ids = list(records)
+        has = [records[i].features is not None for i in ids]
+        features: dict[str, Any] = {}
+        rows = [records[i].features for i, h in zip(ids, has, strict=True) if h]
+        if rows:
+            for m in rows[0]:  # type: ignore[union-attr]
+                matrix = np.stack([np.asarray(r[m], dtype="<f4") for r in rows])  # type: ignore[index]
+                features[m] = {
+                    "dtype": "float32",
+                    "shape": list(matrix.shape),
+                    "base64": base64.b64encode(matrix.tobytes()).decode(),
+                }
+        return {
+            "item_ids": ids,
+            "available": [records[i].available for i in ids],
+            "has_features": has,
+            "features": features,
+        }

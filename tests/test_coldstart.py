@@ -1,0 +1,85 @@
+"""Cold-start benchmark pieces: the item hold-out, per-user ranking, paired bootstrap, kNN average."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.coldstart import cold_split, knn_average
+from benchmarks.common import paired_bootstrap, per_user_topk
+from training.data import Interactions, load_dataset
+from training.evaluate import rank_metrics
+
+
+def test_paired_bootstrap_on_hand_checkable_values():
+    a = np.array([1.0, 0.0, 1.0, 0.0])
+    out = paired_bootstrap(
+        {"a": a, "same": a.copy(), "plus": a + 0.5, "const": np.full(4, 0.3)}, "a", n_boot=500
+    )
+    assert out["a"]["mean"] == 0.5 and 0.0 <= out["a"]["lo"] < 0.5 < out["a"]["hi"] <= 1.0
+    assert out["same"]["diff_lo"] == out["same"]["diff_hi"] == 0.0
+    # a constant shift: the paired difference has no spread at all, the unpaired means do
+    assert out["plus"]["diff"] == out["plus"]["diff_lo"] == out["plus"]["diff_hi"] == 0.5
+    assert out["const"]["lo"] == pytest.approx(0.3) and out["const"]["hi"] == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        paired_bootstrap({"a": a, "b": a[:3]}, "a")
+
+
+def test_per_user_topk_equals_rank_metrics_on_all_items_and_restricts_to_candidates():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 30
+    u, i = rng.standard_normal((n_users, 4)), rng.standard_normal((n_items, 4))
+    train = Interactions.from_lists(
+        [sorted(rng.choice(n_items, 5, replace=False).tolist()) for _ in range(n_users)]
+    )
+    target = Interactions.from_lists(
+        [
+            sorted(set(rng.choice(n_items, 3, replace=False).tolist()) - set(train.items_of(x).tolist()))
+            for x in range(n_users)
+        ]
+    )
+    ref = rank_metrics(torch.as_tensor(u, dtype=torch.float32), torch.as_tensor(i, dtype=torch.float32),
+                       train.indptr, train.indices, target.indptr, target.indices)  # fmt: skip
+    got = per_user_topk(u, i, np.arange(n_items), train, target, k=20, batch_users=7)
+    assert got["users"].size == ref["n_users"]
+    assert got["recall"].mean() == pytest.approx(ref["recall@20"], abs=1e-6)
+    assert got["ndcg"].mean() == pytest.approx(ref["ndcg@20"], abs=1e-6)
+    # Hand example: 1 user, candidates {2, 3}; item 2 scores higher; the target 3 is 2nd of 2.
+    one_u, items = np.ones((1, 1)), np.array([[9.0], [8.0], [5.0], [1.0]])
+    tr, tg = Interactions.from_lists([[]]), Interactions.from_lists([[0, 3]])
+    r = per_user_topk(one_u, items, np.array([2, 3]), tr, tg, k=1)
+    assert r["recall"].tolist() == [0.0]  # item 0 is not a candidate, only 3 counts
+    r = per_user_topk(one_u, items, np.array([2, 3]), tr, tg, k=2)
+    assert r["recall"].tolist() == [1.0] and r["ndcg"][0] == pytest.approx(1 / np.log2(3))
+
+
+def test_cold_split_holds_out_seeded_items_entirely(tiny_data, tmp_path):
+    split = cold_split(tiny_data, seed=4, share=0.2)
+    train = json.loads((tiny_data / "train.json").read_text())
+    val = json.loads((tiny_data / "val.json").read_text())
+    seen = {i for s in (train, val) for its in s.values() for i in its}
+    cold_val, cold_test = set(split["cold_val_items"]), set(split["cold_test_items"])
+    assert not cold_val & cold_test and len(cold_val | cold_test) == round(0.2 * len(seen))
+    assert abs(len(cold_val) - len(cold_test)) <= 1
+    cold = cold_val | cold_test
+    assert not any(set(v) & cold for v in split["train"].values())
+    assert not any(set(v) & cold for v in split["val"].values())
+    # every interaction of a held-out item is an evaluation pair, and nothing else is lost
+    for u in set(train) | set(val):
+        everything = set(train.get(u, [])) | set(val.get(u, []))
+        parts = [split[k][u] for k in ("train", "val", "cold_val", "cold_test")]
+        assert sorted(everything) == sorted(x for p in parts for x in p)
+    assert cold_split(tiny_data, seed=4, share=0.2) == split
+    assert cold_split(tiny_data, seed=5, share=0.2)["cold_test_items"] != split["cold_test_items"]
+    load_dataset(tiny_data)  # untouched
+
+
+def test_knn_average_is_the_mean_of_the_nearest_warm_rows():
+    content = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05], [0.05, 1.0]])
+    emb = np.arange(12, dtype=np.float64).reshape(6, 2)
+    out = knn_average(emb, content, warm=np.array([0, 1, 2, 3]), cold=np.array([4, 5]), k=2)
+    assert np.allclose(out[4], emb[[0, 1]].mean(0)) and np.allclose(out[5], emb[[2, 3]].mean(0))
+    assert np.array_equal(out[:4], emb[:4])
