@@ -198,7 +198,9 @@ def make_encoder(kind: str, spec: str, *, dim: int = 64, seed: int = 0, bins: in
         if spec == "tfidf":
             return TfidfSvdEncoder(dim=dim, seed=seed)
         if spec == "packaged":
-            return Model2VecEncoder(str(packaged_model_path()))
+            encoder = Model2VecEncoder(str(packaged_model_path()))
+            encoder.spec = "packaged:tokenlearn-static-model"  # not the install path: same key everywhere
+            return encoder
         if name == "model2vec" and arg:
             return Model2VecEncoder(arg)
         if name in ("sentence-transformers", "st") and arg:

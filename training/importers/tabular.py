@@ -51,7 +51,9 @@ def parse_timestamps(values: list[str], rows: np.ndarray, path: Path, col: str) 
     if not numeric.isna().any():
         return numeric.to_numpy(dtype=np.float64)
     parsed = pd.to_datetime(pd.Series(values), errors="coerce", utc=True, format="ISO8601")
-    bad = np.flatnonzero(parsed.isna().to_numpy())
+    # The first row decides the kind of column (a number parses as both only when it is a year).
+    as_numbers = bool(values) and not bool(numeric.isna().iloc[0])
+    bad = np.flatnonzero((numeric if as_numbers else parsed).isna().to_numpy())
     if bad.size:
         k = int(bad[0])
         raise DataError(
