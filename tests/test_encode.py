@@ -225,3 +225,18 @@ def test_refuses_to_replace_a_feature_file_without_force(data):
     texts, _ = text_contents(ITEMS, data / "items.csv", "item_id", ["title"])
     with pytest.raises(Exception, match="already exists; pass --force"):
         encode_items(data / "ds", "text", ITEMS, texts, make_encoder("text", "tfidf"), progress=False)
+
+
+def test_recbole_item_table_with_typed_headers(tmp_path):
+    table = tmp_path / "shop.item"
+    table.write_text(
+        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
+        "heat\tHeat\tAction Crime\n"
+        "toy\tToy Story\tAnimation\n"
+    )
+    texts, extra = text_contents(ITEMS, table, "item_id", [], "{movie_title} / {class}")
+    assert texts == ["Toy Story / Animation", "Heat / Action Crime", None, None]
+    assert extra == {"table_rows": 2, "table_rows_not_in_dataset": 0}
+    table.write_text("item_id:token\tmovie_title:token_seq\nheat\tHeat\nheat\tHeat again\n")
+    with pytest.raises(Exception, match=r"shop.item: row 3: item 'heat' appears again \(first at row 2\)"):
+        text_contents(ITEMS, table, "item_id", ["movie_title"])
