@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,serve,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[train,serve,dev,bench,data]'
 	touch $@
 
 ## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT).

@@ -139,3 +139,52 @@ def per_user_topk(
         ndcg[start : start + block.size] = dcg / ideal[np.minimum(n_rel, kk) - 1]
         row_of[block] = -1
     return {"users": users, "recall": recall, "ndcg": ndcg}
+
+
+def per_user_metrics(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    train_indptr: np.ndarray,
+    train_indices: np.ndarray,
+    target_indptr: np.ndarray,
+    target_indices: np.ndarray,
+    k: int = 20,
+) -> dict[str, np.ndarray]:
+    """Recall@k and NDCG@k of each user with target items (numpy; the same definitions as
+    training.evaluate.rank_metrics): scores h_u . h_i, the user's training items excluded.
+    Returns {"users", f"recall@{k}", f"ndcg@{k}"}, each (n_target_users,)."""
+    n_items = item_emb.shape[0]
+    users = np.flatnonzero(np.diff(target_indptr) > 0)
+    recall = np.zeros(users.size)
+    ndcg = np.zeros(users.size)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for row, u in enumerate(users):
+        scores = item_emb @ user_emb[u]
+        scores[train_indices[train_indptr[u] : train_indptr[u + 1]]] = -np.inf
+        top = np.argsort(-scores, kind="stable")[: min(k, n_items)]
+        relevant = np.zeros(n_items, dtype=bool)
+        relevant[target_indices[target_indptr[u] : target_indptr[u + 1]]] = True
+        hits = relevant[top]
+        n_rel = int(relevant.sum())
+        recall[row] = hits.sum() / n_rel
+        ndcg[row] = (hits * discount[: hits.size]).sum() / discount[: min(n_rel, k)].sum()
+    return {"users": users, f"recall@{k}": recall, f"ndcg@{k}": ndcg}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """``paired_bootstrap`` of two per-user arrays (same users, same order), flattened: means of
+    ``a``, ``b`` and ``a - b``, each with its 95% interval, and the number of users."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError("paired_difference: a and b must be non-empty 1-D arrays of the same length")
+    boot = paired_bootstrap({"a": a, "b": b}, reference="b", n_boot=n_boot, seed=seed)
+    return {
+        "n_users": int(a.size),
+        "n_boot": n_boot,
+        "a": boot["a"]["mean"],
+        "a_ci": [boot["a"]["lo"], boot["a"]["hi"]],
+        "b": boot["b"]["mean"],
+        "b_ci": [boot["b"]["lo"], boot["b"]["hi"]],
+        "diff": boot["a"]["diff"],
+        "diff_ci": [boot["a"]["diff_lo"], boot["a"]["diff_hi"]],
+    }

@@ -65,8 +65,11 @@ def _is_json_content_type(value: str | None) -> bool:
     )
 
 
-def _bad_values(value: Any, loc: tuple[str | int, ...], out: list[dict[str, Any]]) -> None:
-    """Walk a parsed body; one 422 entry per non-finite number or invalid string (keys included)."""
+def _bad_values(value: Any, loc: tuple[str | int, ...], out: list[dict[str, Any]], entry: str = "") -> None:
+    """Walk a parsed body; one 422 entry per non-finite number or invalid string (keys included).
+
+    ``entry`` names the list entry being walked by its ``item_id`` (PUT /items batches), so that the
+    message names the item as well as the field."""
     if len(loc) > MAX_DEPTH:
         raise BadJson(f"the body is nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, float):
@@ -75,23 +78,25 @@ def _bad_values(value: Any, loc: tuple[str | int, ...], out: list[dict[str, Any]
                 {
                     "type": "finite_number",
                     "loc": loc,
-                    "msg": "numbers must be finite: NaN, Infinity and numbers beyond float range "
-                    "(such as 1e400) are not JSON numbers",
+                    "msg": f"{entry}numbers must be finite: NaN, Infinity and numbers beyond float "
+                    "range (such as 1e400) are not JSON numbers",
                     "input": repr(value),
                 }
             )
     elif isinstance(value, str):
         if not _encodable(value):
-            out.append(_bad_string(loc, value))
+            out.append(_bad_string(loc, value, entry))
     elif isinstance(value, dict):
         for key, item in value.items():
             if not _encodable(key):
-                out.append(_bad_string((*loc, key.encode("utf-8", "backslashreplace").decode()), key))
+                out.append(_bad_string((*loc, key.encode("utf-8", "backslashreplace").decode()), key, entry))
                 continue
-            _bad_values(item, (*loc, key), out)
+            _bad_values(item, (*loc, key), out, entry)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _bad_values(item, (*loc, i), out)
+            item_id = item.get("item_id") if isinstance(item, dict) else None
+            named = f"item {item_id!r}: " if isinstance(item_id, str) and _encodable(item_id) else entry
+            _bad_values(item, (*loc, i), out, named)
 
 
 def _encodable(text: str) -> bool:
@@ -102,11 +107,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _bad_string(loc: tuple[str | int, ...], value: str) -> dict[str, Any]:
+def _bad_string(loc: tuple[str | int, ...], value: str, entry: str = "") -> dict[str, Any]:
     return {
         "type": "string_unicode",
         "loc": loc,
-        "msg": "strings must be valid Unicode: a lone surrogate escape (such as \\ud800) is not",
+        "msg": f"{entry}strings must be valid Unicode: a lone surrogate escape (such as \\ud800) is not",
         "input": value.encode("utf-8", "backslashreplace").decode(),
     }
 

@@ -1,4 +1,4 @@
-"""``python -m training``: synth | train | evaluate | export | job.
+"""``python -m training``: synth | train | evaluate | export | job | import | encode | export-format.
 
 Every failure caused by input (data, config, checkpoint, artifact) ends with one line on stderr
 naming the cause and exit code 2; nothing partial is left in an artifact store.
@@ -157,6 +157,96 @@ CONTENT_PATH_ARG: dict[str, Any] = {
 }
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from training.importers import prepare, write_dataset
+
+    if args.format == "mmrec":
+        from training.importers.mmrec import read_mmrec
+
+        log_ = read_mmrec(args.src)
+    elif args.format == "recbole":
+        from training.importers.recbole import read_recbole
+
+        log_ = read_recbole(
+            args.src,
+            user_col=args.user_col or "user_id",
+            item_col=args.item_col or "item_id",
+            time_col=args.time_col or "timestamp",
+            rating_col=args.rating_col or "rating",
+        )
+    else:
+        from training.importers.tabular import read_tabular
+
+        log_ = read_tabular(
+            args.src,
+            user_col=args.user_col or "user",
+            item_col=args.item_col or "item",
+            time_col=args.time_col,
+            rating_col=args.rating_col,
+            items_table=args.items,
+            item_id_col=args.item_id_col,
+        )
+    prepared = prepare(
+        log_,
+        split=args.split,
+        seed=args.seed,
+        kcore=args.kcore,
+        rating_threshold=args.rating_threshold,
+        dedupe=args.dedupe,
+    )
+    out = write_dataset(prepared, args.out)
+    print(json.dumps({"data": str(out), **prepared.summary}, indent=1))
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from training.data import load_dataset
+    from training.encode import encode_items, image_contents, make_encoder, text_contents
+
+    item_ids = load_dataset(args.data).item_ids
+    encoder = make_encoder(args.kind, args.encoder, dim=args.dim, seed=args.seed, bins=args.bins)
+    contents: list[Any]
+    if args.kind == "text":
+        if not args.items:
+            raise ValueError("encode --kind text needs --items TABLE")
+        contents, extra = text_contents(
+            item_ids, Path(args.items), args.id_col, args.text_cols, args.template
+        )
+    else:
+        contents, extra = image_contents(
+            item_ids,
+            folder=Path(args.images) if args.images else None,
+            table=Path(args.items) if args.items else None,
+            id_col=args.id_col,
+            path_col=args.image_col,
+        )
+    report = encode_items(
+        args.data,
+        args.modality or args.kind,
+        item_ids,
+        contents,
+        encoder,
+        chunk=args.chunk,
+        batch=args.batch,
+        progress=not args.no_progress,
+        force=args.force,
+        extra_report=extra,
+    )
+    shown = {k: v for k, v in report.items() if k != "missing_items"}
+    shown["missing_items_first"] = report["missing_items"][:10]
+    print(json.dumps(shown, indent=1))
+    return 0
+
+
+def _cmd_export_format(args: argparse.Namespace) -> int:
+    from training.data import load_dataset
+    from training.importers.mmrec import export_mmrec
+
+    path = export_mmrec(load_dataset(args.data), args.out, name=args.name)
+    print(json.dumps({"format": args.format, "out": str(path)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -209,6 +299,54 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("job", help="run a retrain job from a JSON spec (used by the service)")
     j.add_argument("--spec", required=True)
     j.set_defaults(func=_cmd_job)
+
+    i = sub.add_parser("import", help="import an MMRec / RecBole / CSV / Parquet log as a dataset folder")
+    i.add_argument("--format", required=True, choices=["mmrec", "recbole", "csv", "parquet"])
+    i.add_argument("--src", required=True, help="source file, or the folder holding <name>.inter")
+    i.add_argument("--out", required=True, help="new dataset folder (must not exist or be empty)")
+    i.add_argument("--split", required=True, choices=["source", "random", "loo", "time"])
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--kcore", type=int, default=0, help="keep users and items with >= K interactions")
+    i.add_argument("--rating-threshold", type=float, help="drop interactions rated below this (implicit)")
+    i.add_argument("--dedupe", action="store_true", help="keep the earliest of duplicate (user, item) rows")
+    i.add_argument("--user-col", help="user id column (csv: user, recbole: user_id)")
+    i.add_argument("--item-col", help="item id column (csv: item, recbole: item_id)")
+    i.add_argument("--time-col", help="timestamp column (numbers or ISO-8601)")
+    i.add_argument("--rating-col", help="rating column")
+    i.add_argument("--items", help="csv/parquet: item table whose items join the id space (cold if unseen)")
+    i.add_argument("--item-id-col", help="item id column of --items (default: --item-col)")
+    i.set_defaults(func=_cmd_import)
+
+    c = sub.add_parser("encode", help="encode item text or images into <modality>_feat.npy of a dataset")
+    c.add_argument("--data", required=True, help="dataset folder whose items to encode")
+    c.add_argument("--kind", required=True, choices=["text", "image"])
+    c.add_argument(
+        "--encoder",
+        required=True,
+        help="text: tfidf | packaged | model2vec:X | sentence-transformers:X; image: histogram",
+    )
+    c.add_argument("--modality", help="name of the feature file (default: the kind)")
+    c.add_argument("--items", help="item table: CSV, TSV, Parquet or a RecBole .item file")
+    c.add_argument("--id-col", default="item_id", help="item id column of --items")
+    c.add_argument("--text-cols", nargs="+", default=[], help="text columns, joined by '. '")
+    c.add_argument("--template", help="text template with {column} fields, e.g. '{title} ({genres})'")
+    c.add_argument("--images", help="folder of <item id>.<jpg|png|...> files")
+    c.add_argument("--image-col", help="column of --items with image paths (relative to the table)")
+    c.add_argument("--dim", type=int, default=64, help="tfidf: output dimension")
+    c.add_argument("--bins", type=int, default=4, help="histogram: bins per colour channel")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--chunk", type=int, default=1024, help="items per resumable chunk")
+    c.add_argument("--batch", type=int, default=256, help="items per encoder call")
+    c.add_argument("--force", action="store_true", help="replace an existing feature file")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_encode)
+
+    f = sub.add_parser("export-format", help="write a dataset folder in another toolkit's format")
+    f.add_argument("format", choices=["mmrec"])
+    f.add_argument("--data", required=True)
+    f.add_argument("--out", required=True, help="new folder (must not exist or be empty)")
+    f.add_argument("--name", help="dataset name, the <name>.inter file (default: the folder name)")
+    f.set_defaults(func=_cmd_export_format)
     return p
 
 

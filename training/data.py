@@ -8,6 +8,11 @@ Format (the MMSSL authors' layout):
   0-based integer ids; user ids are JSON object keys written in canonical decimal ("17", not "017").
 * ``<modality>_feat.npy``: one float matrix per modality (float16, float32 or float64; cast to
   float32), one row per item id. No modality file at all is legal (an ID-only dataset).
+* optional ``user_ids.json`` / ``item_ids.json`` (written by ``python -m training import``): a JSON
+  array of unique non-empty strings, the external id of each internal index, so imported users and
+  items keep their own ids all the way to the API. Without them the ids are "0".."n-1". With
+  ``user_ids.json``, n_users is its length (every split's user ids must be below it); with
+  ``item_ids.json``, n_items is its length (it must equal the feature rows, if any).
 
 Id spaces:
 
@@ -45,6 +50,8 @@ logger = logging.getLogger(__name__)
 TRAIN_FILE = "train.json"
 VAL_FILE = "val.json"
 TEST_FILE = "test.json"
+USER_IDS_FILE = "user_ids.json"
+ITEM_IDS_FILE = "item_ids.json"
 FEATURE_SUFFIX = "_feat.npy"
 
 # Canonical non-negative decimal: "0", "17"; not "017", "-1", "1.0", " 1".
@@ -201,13 +208,15 @@ class Dataset:
     n_users: int
     n_items: int
     user_ids: list[str]  # external id of each internal user index
-    item_ids: list[str]  # "0".."n_items-1"
+    item_ids: list[str]  # "0".."n_items-1", or the external ids of item_ids.json
     train: Interactions
     val: Interactions
     test: Interactions | None
     features: dict[str, np.ndarray]  # modality -> (n_items, d_m) float32, keys sorted
     fingerprint: str
     extra_train_stats: dict[str, int] = field(default_factory=dict)  # empty without extra_train
+    # True when user_ids.json gave the users external ids: split files are then keyed by internal index
+    user_ids_from_file: bool = False
 
     @property
     def modalities(self) -> list[str]:
@@ -416,14 +425,39 @@ def _validated_features(path: Path, arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def _resolve_extra_item(item: object, user: str, n_items: int) -> int:
-    if isinstance(item, str) and _ID_RE.fullmatch(item) and int(item) < n_items:
+def _resolve_extra_item(item: object, user: str, n_items: int, item_index: Mapping[str, int] | None) -> int:
+    """An external item id (or, for an int, the internal index) -> internal index."""
+    if item_index is None and isinstance(item, str) and _ID_RE.fullmatch(item) and int(item) < n_items:
         return int(item)
+    if item_index is not None and isinstance(item, str) and item in item_index:
+        return item_index[item]
     if type(item) is int and 0 <= item < n_items:
         return item
-    raise DataError(
-        f"extra_train: unknown item id {item!r} for user {user!r} (item ids are '0'..'{n_items - 1}')"
-    )
+    known = "the ids of item_ids.json" if item_index is not None else f"'0'..'{n_items - 1}'"
+    raise DataError(f"extra_train: unknown item id {item!r} for user {user!r} (item ids are {known})")
+
+
+def _read_id_list(path: Path, data: bytes) -> list[str]:
+    """A user_ids.json / item_ids.json: a JSON array of unique non-empty strings."""
+    try:
+        ids = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON array of id strings ({_one_line(exc)})") from exc
+    if not isinstance(ids, list):
+        raise DataError(f"{path}: top level must be a JSON array of id strings, got a JSON {_json_type(ids)}")
+    for pos, value in enumerate(ids):
+        if not isinstance(value, str) or not value:
+            raise DataError(f"{path}: entry {pos} is {json.dumps(value)[:40]}, expected a non-empty string")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = ""
+        for value in ids:
+            if value in seen:
+                dup = value
+                break
+            seen.add(value)
+        raise DataError(f"{path}: id {dup!r} appears more than once (ids must be unique)")
+    return ids
 
 
 def _apply_extra_train(
@@ -433,6 +467,7 @@ def _apply_extra_train(
     train: Interactions,
     val: Interactions,
     test: Interactions | None,
+    item_index: Mapping[str, int] | None = None,
 ) -> tuple[list[str], Interactions, Interactions, Interactions | None, dict[str, int], bytes]:
     index = {ext: u for u, ext in enumerate(user_ids)}
     resolved: dict[str, list[int]] = {}
@@ -443,7 +478,7 @@ def _apply_extra_train(
             raise DataError(
                 f"extra_train: user {user!r}: expected a list of item ids, got {type(items).__name__}"
             )
-        resolved[user] = sorted({_resolve_extra_item(i, user, n_items) for i in items})
+        resolved[user] = sorted({_resolve_extra_item(i, user, n_items, item_index) for i in items})
 
     new_users = sorted(u for u in resolved if u not in index)  # appended in sorted order
     for offset, user in enumerate(new_users):
@@ -551,8 +586,20 @@ def load_dataset(
         n_items, rows_from = int(arr.shape[0]), path
         if name in selected:
             features[name] = _validated_features(path, arr)
+    file_item_ids = file_user_ids = None
+    if (root / ITEM_IDS_FILE).is_file():
+        file_item_ids = _read_id_list(root / ITEM_IDS_FILE, read(root / ITEM_IDS_FILE))
+    if (root / USER_IDS_FILE).is_file():
+        file_user_ids = _read_id_list(root / USER_IDS_FILE, read(root / USER_IDS_FILE))
     if rows_from is not None:
         where_n_items = f"the number of rows of {rows_from.name}"
+        if file_item_ids is not None and len(file_item_ids) != n_items:
+            raise DataError(
+                f"{root / ITEM_IDS_FILE}: {len(file_item_ids)} ids but {rows_from.name} has {n_items} rows; "
+                "every item needs one id and one feature row"
+            )
+    elif file_item_ids is not None:
+        n_items, where_n_items = len(file_item_ids), f"the length of {ITEM_IDS_FILE}"
     else:
         n_items = int(max(int(r.items.max()) for r in raw.values() if r.items.size)) + 1
         where_n_items = "max item id + 1, no feature files"
@@ -561,18 +608,27 @@ def load_dataset(
         _check_items_in_range(split, n_items, where_n_items)
         _check_no_duplicates(split)
     n_users = max(split.max_user for split in raw.values()) + 1
+    if file_user_ids is not None:
+        if len(file_user_ids) < n_users:
+            raise DataError(
+                f"{root / USER_IDS_FILE}: {len(file_user_ids)} ids, but the splits use user index "
+                f"{n_users - 1}; every user index needs an id"
+            )
+        n_users = len(file_user_ids)
     inter = {name: Interactions.from_pairs(r.users, r.items, n_users) for name, r in raw.items()}
     names = list(inter)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             _check_disjoint(str(split_paths[a]), inter[a], str(split_paths[b]), inter[b], n_items)
 
-    user_ids = [str(u) for u in range(n_users)]
+    user_ids = file_user_ids if file_user_ids is not None else [str(u) for u in range(n_users)]
+    item_ids = file_item_ids if file_item_ids is not None else [str(i) for i in range(n_items)]
+    item_index = None if file_item_ids is None else {ext: i for i, ext in enumerate(file_item_ids)}
     train, val, test = inter["train"], inter["val"], inter.get("test")
     stats: dict[str, int] = {}
     if extra_train is not None:
         user_ids, train, val, test, stats, canonical = _apply_extra_train(
-            extra_train, user_ids, n_items, train, val, test
+            extra_train, user_ids, n_items, train, val, test, item_index
         )
         n_users = len(user_ids)
         hasher.update(b"extra_train\0" + canonical)
@@ -583,13 +639,14 @@ def load_dataset(
         n_users=n_users,
         n_items=n_items,
         user_ids=user_ids,
-        item_ids=[str(i) for i in range(n_items)],
+        item_ids=item_ids,
         train=train,
         val=val,
         test=test,
         features=features,
         fingerprint=hasher.hexdigest(),
         extra_train_stats=stats,
+        user_ids_from_file=file_user_ids is not None,
     )
     logger.info("loaded dataset %s", dataset.summary())
     return dataset
@@ -599,14 +656,18 @@ def load_split(path: str | Path, dataset: Dataset) -> Interactions:
     """Read any split file (e.g. a held-out ``test.json``) into ``dataset``'s id space.
 
     Validated like the dataset's own splits: user keys must be users of ``dataset`` (looked up by
-    external id), items must be < ``dataset.n_items``, no duplicates within a user, and no
+    external id; by internal index when the folder has ``user_ids.json``), items must be
+    < ``dataset.n_items``, no duplicates within a user, and no
     (user, item) pair may also be in ``dataset.train``.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     raw = _parse_split(path, _read_bytes(path))
-    index = {ext: u for u, ext in enumerate(dataset.user_ids)}
+    if dataset.user_ids_from_file:  # split files of an imported folder are keyed by internal index
+        index = {str(u): u for u in range(dataset.n_users)}
+    else:
+        index = {ext: u for u, ext in enumerate(dataset.user_ids)}
     unknown = [k for k in raw.user_keys if k not in index]
     if unknown:
         raise DataError(
