@@ -194,3 +194,47 @@ def test_config_validation_names_the_problem():
         MMSSLConfig(n_users=2, n_items=2, modality_dims={"a": 2}, graph_norm="rw", view_topk=1).validate()
     with pytest.raises(ValueError, match="id_only"):
         MMSSLConfig(n_users=2, n_items=2, view_topk=1).validate()
+
+
+def test_pooled_attention_equals_attention_then_mean_over_modalities():
+    torch.manual_seed(1)
+    att = ModalityAttention(dim=8, n_heads=2)
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    pooled = att.pooled(x)
+    assert pooled.shape == (6, 8)
+    assert torch.allclose(pooled, att(x).mean(dim=1), atol=1e-6)
+    # the gradients agree too (the trainer differentiates through pooled)
+    (g_pooled,) = torch.autograd.grad(pooled.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(att(x).mean(dim=1).square().sum(), x)
+    assert torch.allclose(g_pooled, g_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph_norm", ["symmetric", "paper"])
+def test_every_operator_carries_its_exact_transpose_and_spmm_differentiates_through_it(graph_norm):
+    from model.graph import spmm
+
+    users, items = _toy_graph()
+    g = build_interaction_graph(users, items, 3, 4, graph_norm)
+    pairs = [
+        (g.user_mean, g.user_mean_t),
+        (g.item_mean, g.item_mean_t),
+        (g.user_gnn, g.user_gnn_t),
+        (g.item_gnn, g.item_gnn_t),
+    ]
+    torch.manual_seed(2)
+    for op, op_t in pairs:
+        assert op.layout == torch.sparse_csr and op_t is not None
+        dense = op.to_dense()
+        assert torch.equal(op_t.to_dense(), dense.T)
+        x = torch.randn(dense.shape[1], 5, requires_grad=True)
+        w = torch.randn(dense.shape[0], 5)
+        y = spmm(op, x, op_t)
+        assert torch.allclose(y, dense @ x, atol=1e-6)
+        (grad,) = torch.autograd.grad((y * w).sum(), x)
+        assert torch.allclose(grad, dense.T @ w, atol=1e-6)  # independent reference: dense A^T w
+    # the views carry theirs too
+    tops = [torch.tensor([[0, 1], [2, 3], [-1, -1]])]
+    views = views_from_topk(tops, 4)
+    assert views.user_to_item_t is not None and views.item_to_user_t is not None
+    assert torch.equal(views.user_to_item_t[0].to_dense(), views.user_to_item[0].to_dense().T)
+    assert torch.equal(views.item_to_user_t[0].to_dense(), views.item_to_user[0].to_dense().T)

@@ -316,3 +316,27 @@ def test_adversarial_step_updates_d_once_and_l_g_reaches_only_the_generator(tiny
     loss_g.backward()
     assert all(p.grad is None for p in model.discriminator.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projections.parameters())
+
+
+def test_graph_without_equals_the_eq2_operators_rebuilt_from_the_kept_pairs(tiny_data):
+    import torch
+
+    from model.graph import build_interaction_graph
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import TrainingState, model_config_for
+
+    dataset = load_dataset(tiny_data)
+    mc = model_config_for(dataset, load_config(None, FAST_OVERRIDES).model)
+    state = TrainingState(dataset, mc, torch.device("cpu"))
+    drop = torch.randperm(state.users.numel(), generator=torch.Generator().manual_seed(3))[:40]
+    keep = torch.ones(state.users.numel(), dtype=torch.bool)
+    keep[drop] = False
+    got = state.graph_without(drop)
+    # independent reference: a graph built from scratch from the kept pairs only
+    ref = build_interaction_graph(state.users[keep], state.items[keep], dataset.n_users, dataset.n_items)
+    for name in ("user_mean", "item_mean", "user_mean_t", "item_mean_t"):
+        assert torch.equal(getattr(got, name).to_dense(), getattr(ref, name).to_dense()), name
+    assert torch.equal(got.user_mean.to_dense().T, got.user_mean_t.to_dense())
+    # the message-passing operators keep every training edge
+    assert torch.equal(got.user_gnn.to_dense(), state.graph.user_gnn.to_dense())

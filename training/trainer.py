@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
-from model.graph import InteractionGraph, cosine_blocks, mean_operators, modality_topk, observed_rows
+from model.graph import (
+    InteractionGraph,
+    cosine_blocks,
+    mean_operators_with_transposes,
+    modality_topk,
+    observed_rows,
+)
 from model.losses import (
     bpr_loss,
     cross_modal_info_nce,
@@ -112,15 +118,30 @@ class TrainingState:
         # Sorted keys u * n_items + i of the observed pairs, for rejection of sampled negatives.
         self.pair_keys = torch.sort(self.users * dataset.n_items + self.items).values
         self.n_items = dataset.n_items
+        # The pairs' orders by (user, item) and by (item, user), so that graph_without builds its
+        # CSR operators with masks and no sort: O(nnz) per step.
+        self.user_order = torch.argsort(self.users * dataset.n_items + self.items)
+        self.item_order = torch.argsort(self.items * dataset.n_users + self.users)
 
     def graph_without(self, pair_idx: Tensor) -> InteractionGraph:
         """The graph with the Eq. 2 operators rebuilt without the given training pairs."""
         keep = torch.ones(self.users.numel(), dtype=torch.bool, device=self.users.device)
         keep[pair_idx] = False
-        user_mean, item_mean = mean_operators(
-            self.users[keep], self.items[keep], self.graph.user_mean.shape[0], self.n_items
+        # positions of the kept pairs in each sorted order, renumbered into the kept subset
+        kept_index = torch.cumsum(keep, 0) - 1
+        user_order = kept_index[self.user_order[keep[self.user_order]]]
+        item_order = kept_index[self.item_order[keep[self.item_order]]]
+        user_mean, item_mean, user_mean_t, item_mean_t = mean_operators_with_transposes(
+            self.users[keep],
+            self.items[keep],
+            self.graph.user_mean.shape[0],
+            self.n_items,
+            user_order=user_order,
+            item_order=item_order,
         )
-        return self.graph._replace(user_mean=user_mean, item_mean=item_mean)
+        return self.graph._replace(
+            user_mean=user_mean, item_mean=item_mean, user_mean_t=user_mean_t, item_mean_t=item_mean_t
+        )
 
     def sample_negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
         """Uniform items the user has not interacted with in training (resampled on collision)."""
