@@ -100,9 +100,20 @@ class Discriminator(nn.Module):
             nn.Linear(hidden // 2, 1),
         )
 
-    def forward(self, rows: Tensor) -> Tensor:
-        """rows: (B, n_items) -> (B,) in (0, 1)."""
-        return torch.sigmoid(self.net(rows)).squeeze(1)
+    def forward(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
+        """rows: (B, n_items) -> (B,) in (0, 1).
+
+        With ``columns`` (C,) item indices, rows are (B, C): the entries of those items only, and
+        the first layer uses only their weight columns, i.e. D of a full row that is zero elsewhere.
+        """
+        if columns is None:
+            return torch.sigmoid(self.net(rows)).squeeze(1)
+        first = self.net[0]
+        assert isinstance(first, nn.Sequential)
+        linear = first[0]
+        assert isinstance(linear, nn.Linear)
+        hidden = F.linear(rows, linear.weight[:, columns], linear.bias)
+        return torch.sigmoid(self.net[1:](first[1:](hidden))).squeeze(1)
 
 
 class MMSSL(nn.Module):

@@ -238,3 +238,15 @@ def test_every_operator_carries_its_exact_transpose_and_spmm_differentiates_thro
     assert views.user_to_item_t is not None and views.item_to_user_t is not None
     assert torch.equal(views.user_to_item_t[0].to_dense(), views.user_to_item[0].to_dense().T)
     assert torch.equal(views.item_to_user_t[0].to_dense(), views.item_to_user[0].to_dense().T)
+
+
+def test_discriminator_on_sampled_columns_equals_d_of_the_full_row_zero_elsewhere():
+    torch.manual_seed(3)
+    d = Discriminator(n_items=12, hidden=8, slope=0.2, dropout=0.0).eval()
+    columns = torch.tensor([1, 4, 5, 10])
+    rows = torch.rand(6, 4)
+    full = torch.zeros(6, 12)
+    full[:, columns] = rows
+    assert torch.allclose(d(rows, columns), d(full), atol=1e-6)
+    # and it depends on which columns the values sit in
+    assert not torch.allclose(d(rows, torch.tensor([0, 2, 3, 11])), d(full), atol=1e-4)
