@@ -321,3 +321,35 @@ def test_tuning_split_moves_one_item_per_eligible_user_and_loads(tiny_data, tmp_
     )
     ds = load_dataset(out)  # features linked, the folder is a valid dataset
     assert ds.n_items == load_dataset(tiny_data).n_items and ds.val.nnz == sum(map(len, tune.values()))
+
+
+def test_scaled_data_has_s_times_the_users_and_items_and_disjoint_splits(tiny_data, tmp_path):
+    from benchmarks.scale import write_scaled
+    from training.data import load_dataset
+
+    base = load_dataset(tiny_data)
+    shape = write_scaled(tiny_data, 3, tmp_path / "x3")
+    ds = load_dataset(tmp_path / "x3")  # the loader validates: in range, disjoint, no duplicates
+    assert (
+        (ds.n_users, ds.n_items)
+        == (3 * base.n_users, 3 * base.n_items)
+        == (shape["n_users"], shape["n_items"])
+    )
+    assert ds.train.nnz == shape["n_train"]
+    assert 1.5 * base.train.nnz < ds.train.nnz <= 3 * base.train.nnz  # repeats dropped, scale kept
+    assert set(ds.features) == {"image", "audio"} and ds.features["image"].shape == (ds.n_items, 128)
+
+
+def test_scale_benchmark_reports_each_scale(tiny_data, tmp_path):
+    from benchmarks import scale
+
+    out = tmp_path / "scale.json"
+    rc = scale.main(
+        ["--data", str(tiny_data), "--scales", "1", "2", "--steps", "1", "--out", str(out), *FAST_OVERRIDES]
+    )
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["scale"] for r in rows] == [1, 2]
+    assert rows[1]["n_items"] == 2 * rows[0]["n_items"] and rows[1]["batch_size"] == 2 * rows[0]["batch_size"]
+    assert rows[0]["steps_per_epoch"] == rows[1]["steps_per_epoch"]  # --scale-batch: same passes
+    assert all(r["step_s"] > 0 and r["refresh_s"] > 0 and r["peak_rss_mb"] > 50 for r in rows)
