@@ -255,14 +255,14 @@ def test_discriminator_on_sampled_columns_equals_d_of_the_full_row_zero_elsewher
 def test_the_default_config_still_builds_the_papers_model():
     from training.config import TrainConfig
 
-    cfg = MMSSLConfig(n_users=5, n_items=6, modality_dims={"image": 7, "audio": 3})
+    cfg = MMSSLConfig(n_users=5, n_items=16, modality_dims={"image": 7, "audio": 3})
     model = MMSSL(cfg)
     assert (cfg.embed_dim, cfg.n_layers, cfg.n_heads, cfg.eta, cfg.omega) == (64, 2, 4, 0.36, 0.55)
     assert [p.out_features for p in model.projections.values()] == [64, 64]
     assert model.attention is not None and model.attention.n_heads == 4 and model.attention.head_dim == 16
     first, second = model.discriminator.net[0][0], model.discriminator.net[1][0]
     assert (first.in_features, first.out_features, second.out_features) == (
-        6,
+        16,
         256,
         128,
     )  # D over |I|-wide rows
