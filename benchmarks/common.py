@@ -48,11 +48,118 @@ def add_run_arguments(p: argparse.ArgumentParser, *, seeds: list[int], out: str)
     p.add_argument("overrides", nargs="*", help="extra key=value trainer overrides for every run")
 
 
+def per_user_metrics(
+    run_dir: Path, data: str | Path, split: str | Path
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each user's metrics for the best checkpoint of ``run_dir`` on ``split``, for paired statistics.
+
+    Same model, views and masking as ``python -m training evaluate``; returns (users, {metric: (n,)}).
+    """
+    import torch
+
+    from training.data import load_dataset, load_split
+    from training.evaluate import rank_metrics_per_user
+    from training.trainer import BEST, TrainingState, load_checkpoint, model_from_checkpoint
+
+    dataset = load_dataset(data)
+    target = load_split(split, dataset)
+    device = torch.device("cpu")
+    model, views = model_from_checkpoint(load_checkpoint(Path(run_dir) / BEST), device)
+    state = TrainingState(dataset, model.config, device)
+    with torch.no_grad():
+        out = model(state.graph, state.item_raw, views)
+    return rank_metrics_per_user(
+        out.user, out.item, dataset.train.indptr, dataset.train.indices, target.indptr, target.indices
+    )
+
+
+def bootstrap_interval(
+    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap interval of the mean of per-user ``values`` (n,).
+
+    A paired comparison passes the per-user differences: the same resampled users on both sides.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)  # bound the (chunk, n) index block
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def paired_intervals(
+    per_user: dict[str, dict[str, np.ndarray]],
+    metrics: list[str],
+    reference: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Bootstrap 95% intervals over users for every variant's metrics and every difference.
+
+    per_user: variant -> metric -> (n_users,) values in one shared user order (averaged over seeds
+    by the caller). Differences are ``reference - variant`` per user, resampled with the same users
+    (a paired bootstrap). Returns {"n_users", "variants": {v: {m: [mean, lo, hi]}},
+    "differences": {"ref - v": {m: [mean, lo, hi]}}}.
+    """
+    sizes = {v: next(iter(d.values())).size for v, d in per_user.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"variants were scored on different users: {sizes}")
+    out: dict[str, Any] = {"n_users": next(iter(sizes.values()), 0), "n_boot": n_boot, "variants": {}}
+    out["differences"] = {}
+    for variant, by_metric in per_user.items():
+        out["variants"][variant] = {m: list(bootstrap_interval(by_metric[m], n_boot, seed)) for m in metrics}
+    if reference in per_user:
+        for variant in per_user:
+            if variant == reference:
+                continue
+            out["differences"][f"{reference} - {variant}"] = {
+                m: list(bootstrap_interval(per_user[reference][m] - per_user[variant][m], n_boot, seed))
+                for m in metrics
+            }
+    return out
+
+
+def carve_tuning_split(data: str | Path, out: str | Path, seed: int, min_train: int = 3) -> Path:
+    """A dataset folder for tuning: one training item per user with >= ``min_train`` training
+    items moves (seeded, uniform) from train.json to this folder's val.json; the features are
+    linked, not copied. Validation is then left for epoch selection and reporting only.
+    """
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = json.loads((data / "train.json").read_text())
+    rng = np.random.default_rng(seed)
+    kept: dict[str, list[int]] = {}
+    tune: dict[str, list[int]] = {}
+    for user, items in train.items():  # file order: the draw is reproducible from the seed
+        items = list(items)
+        if len(items) >= min_train:
+            held = items.pop(int(rng.integers(len(items))))
+            tune[user] = [held]
+        kept[user] = items
+    (out / "train.json").write_text(json.dumps(kept))
+    (out / "val.json").write_text(json.dumps(tune))
+    for feat in sorted(data.glob("*_feat.npy")):
+        link = out / feat.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(feat.resolve())
+    return out
+
+
 def paired_bootstrap(
     per_user: dict[str, np.ndarray], reference: str, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Paired bootstrap over users: mean and 95% percentile interval of each method, and of each
-    method's difference to ``reference``, resampling the same users for every method.
+    method's difference to ``reference``, resampling the same users for every method (every call of
+    ``bootstrap_interval`` with the same seed and size draws the same resamples).
 
     per_user: method -> (n_users,) per-user metric, the same users in the same order for all.
     Returns method -> {"mean", "lo", "hi", "diff", "diff_lo", "diff_hi"}.
@@ -60,24 +167,15 @@ def paired_bootstrap(
     sizes = {len(v) for v in per_user.values()}
     if len(sizes) != 1 or reference not in per_user:
         raise ValueError(f"need equal-length per-user arrays including {reference!r} (sizes {sizes})")
-    n = sizes.pop()
-    if n == 0:
+    if sizes.pop() == 0:
         raise ValueError("no users to bootstrap over")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     ref = np.asarray(per_user[reference], dtype=np.float64)
     out: dict[str, dict[str, float]] = {}
     for name, values in per_user.items():
         v = np.asarray(values, dtype=np.float64)
-        boots = v[idx].mean(axis=1)
-        diffs = (v - ref)[idx].mean(axis=1)
-        out[name] = {
-            "mean": float(v.mean()),
-            "lo": float(np.percentile(boots, 2.5)),
-            "hi": float(np.percentile(boots, 97.5)),
-            "diff": float((v - ref).mean()),
-            "diff_lo": float(np.percentile(diffs, 2.5)),
-            "diff_hi": float(np.percentile(diffs, 97.5)),
-        }
+        mean, lo, hi = bootstrap_interval(v, n_boot, seed)
+        diff, diff_lo, diff_hi = bootstrap_interval(v - ref, n_boot, seed)
+        out[name] = {"mean": mean, "lo": lo, "hi": hi, "diff": diff, "diff_lo": diff_lo, "diff_hi": diff_hi}
     return out
 
 
@@ -139,36 +237,6 @@ def per_user_topk(
         ndcg[start : start + block.size] = dcg / ideal[np.minimum(n_rel, kk) - 1]
         row_of[block] = -1
     return {"users": users, "recall": recall, "ndcg": ndcg}
-
-
-def per_user_metrics(
-    user_emb: np.ndarray,
-    item_emb: np.ndarray,
-    train_indptr: np.ndarray,
-    train_indices: np.ndarray,
-    target_indptr: np.ndarray,
-    target_indices: np.ndarray,
-    k: int = 20,
-) -> dict[str, np.ndarray]:
-    """Recall@k and NDCG@k of each user with target items (numpy; the same definitions as
-    training.evaluate.rank_metrics): scores h_u . h_i, the user's training items excluded.
-    Returns {"users", f"recall@{k}", f"ndcg@{k}"}, each (n_target_users,)."""
-    n_items = item_emb.shape[0]
-    users = np.flatnonzero(np.diff(target_indptr) > 0)
-    recall = np.zeros(users.size)
-    ndcg = np.zeros(users.size)
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    for row, u in enumerate(users):
-        scores = item_emb @ user_emb[u]
-        scores[train_indices[train_indptr[u] : train_indptr[u + 1]]] = -np.inf
-        top = np.argsort(-scores, kind="stable")[: min(k, n_items)]
-        relevant = np.zeros(n_items, dtype=bool)
-        relevant[target_indices[target_indptr[u] : target_indptr[u + 1]]] = True
-        hits = relevant[top]
-        n_rel = int(relevant.sum())
-        recall[row] = hits.sum() / n_rel
-        ndcg[row] = (hits * discount[: hits.size]).sum() / discount[: min(n_rel, k)].sum()
-    return {"users": users, f"recall@{k}": recall, f"ndcg@{k}": ndcg}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

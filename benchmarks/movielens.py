@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import emit, paired_difference, per_user_metrics
+from benchmarks.common import emit, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 ML = "recbole/dataset_example/ml-100k/"
@@ -88,8 +88,11 @@ def prepare_data(raw: Path, data: Path, encoder: str) -> dict[str, Any]:
 
 def score_run(run_dir: Path, data: Path, artifacts: Path) -> dict[str, np.ndarray]:
     """Per-user test metrics from the run's exported artifact (numpy), checked against evaluate's mean."""
+    import torch
+
     from artifact.contract import load_artifact
     from training.data import load_dataset, load_split
+    from training.evaluate import rank_metrics_per_user
     from training.export import export_checkpoint
 
     dataset = load_dataset(data)
@@ -98,8 +101,14 @@ def score_run(run_dir: Path, data: Path, artifacts: Path) -> dict[str, np.ndarra
     path = versions[-1] if versions else export_checkpoint(run_dir / "best.pt", dataset, out)
     a = load_artifact(path).arrays
     test = load_split(data / "test.json", dataset)
-    metrics = per_user_metrics(
-        a.user_embeddings, a.item_embeddings, a.train_indptr, a.train_indices, test.indptr, test.indices, K
+    _, metrics = rank_metrics_per_user(
+        torch.as_tensor(a.user_embeddings),
+        torch.as_tensor(a.item_embeddings),
+        a.train_indptr,
+        a.train_indices,
+        test.indptr,
+        test.indices,
+        ks=(K,),
     )
     expected = json.loads((run_dir / "eval.json").read_text())[f"recall@{K}"]
     if abs(float(metrics[f"recall@{K}"].mean()) - expected) > 1e-4:

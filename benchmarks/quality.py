@@ -7,6 +7,14 @@ Each run is its own ``python -m training train`` process (so its peak memory is 
 ``python -m training evaluate`` on ``--eval-split``. Writes ``results.json``, ``results.md`` and
 ``val_recall20.png`` into ``--out``. The evaluation split is an argument, so the same command
 scores a held-out file.
+
+Statistics: each run's per-user metrics are kept (``per_user.npz``); the table gives paired
+bootstrap 95% intervals over users of every variant's metrics (per-user values averaged over the
+seeds) and of every difference ``full - variant``, with the number of users.
+
+``--tune-seed N`` tunes without touching validation: one training item per user with >= 3 is
+carved out (seeded) into ``OUT/tune-data``, which is trained on and scored (and used for epoch
+selection) instead of ``--data`` / ``--eval-split``.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_run_arguments
+import numpy as np
+
+from benchmarks.common import add_run_arguments, carve_tuning_split, paired_intervals, per_user_metrics
 
 VARIANTS: dict[str, list[str]] = {
     "full": [],
@@ -31,7 +42,10 @@ VARIANTS: dict[str, list[str]] = {
     "no_gt": ["use_gumbel=false"],  # w/o-GT
 }
 METRICS = [f"{m}@{k}" for k in (10, 20, 50) for m in ("recall", "precision", "ndcg")]
+INTERVAL_METRICS = ["recall@20", "ndcg@20"]
+PER_USER = "per_user.npz"
 ROOT = Path(__file__).resolve().parents[1]
+_torch_lock = threading.Lock()  # in-process scoring: one at a time, beside the training processes
 
 
 def _run(cmd: list[str], log_path: Path) -> None:
@@ -89,6 +103,9 @@ def run_one(
         ],
         log,
     )
+    with _torch_lock:
+        users, per_user = per_user_metrics(run_dir, args.data, args.eval_split)
+    np.savez(run_dir / PER_USER, users=users, **{k.replace("@", "_at_"): v for k, v in per_user.items()})
     return collect(run_dir, variant, seed)
 
 
@@ -97,6 +114,7 @@ def collect(run_dir: Path, variant: str, seed: int) -> dict[str, Any]:
     history = json.loads((run_dir / "history.json").read_text())
     evaluated = json.loads((run_dir / "eval.json").read_text())
     return {
+        "run_dir": str(run_dir),
         "variant": variant,
         "seed": seed,
         "best_epoch": evaluated["epoch"],
@@ -149,6 +167,44 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def intervals(runs: list[dict[str, Any]], reference: str = "full") -> dict[str, Any] | None:
+    """Paired bootstrap intervals (``benchmarks.common.paired_intervals``) of the runs' per-user
+    metrics, averaged over each variant's seeds; None when a run has no per-user metrics."""
+    paths = [Path(r["run_dir"]) / PER_USER for r in runs]
+    if not runs or not all(p.is_file() for p in paths):
+        return None
+    loaded = []
+    for path in paths:
+        with np.load(path) as z:
+            loaded.append({k.replace("_at_", "@"): z[k] for k in z.files})
+    per_variant: dict[str, dict[str, np.ndarray]] = {}
+    users = loaded[0]["users"]
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [(r, pu) for r, pu in zip(runs, loaded, strict=True) if r["variant"] == variant]
+        for r, pu in mine:
+            if not np.array_equal(pu["users"], users):
+                raise ValueError(f"{variant} seed {r['seed']} was scored on other users than the rest")
+        per_variant[variant] = {m: np.mean([pu[m] for _, pu in mine], axis=0) for m in INTERVAL_METRICS}
+    ref = reference if reference in per_variant else next(iter(per_variant))
+    return paired_intervals(per_variant, INTERVAL_METRICS, ref)
+
+
+def interval_markdown(stats: dict[str, Any]) -> str:
+    def cell(v: list[float]) -> str:
+        return f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
+
+    lines = [
+        f"Paired bootstrap 95% intervals over {stats['n_users']} users ({stats['n_boot']} resamples; "
+        "per-user metrics averaged over seeds): mean [low, high].",
+        "",
+        "| | " + " | ".join(INTERVAL_METRICS) + " |",
+        "|---|" + "---|" * len(INTERVAL_METRICS),
+    ]
+    for name, by in [*stats["variants"].items(), *stats["differences"].items()]:
+        lines.append(f"| {name} | " + " | ".join(cell(by[m]) for m in INTERVAL_METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table: dict[str, dict[str, Any]], eval_split: str) -> str:
     head = ["variant", "seeds"] + METRICS + ["best epoch", "epochs", "s/epoch", "total s", "peak MB"]
     lines = [
@@ -192,6 +248,11 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(p, seeds=[1, 2, 3], out="benchmarks/results/quality")
+    p.add_argument(
+        "--tune-seed",
+        type=int,
+        help="tune on a split carved from training with this seed (see the module docstring)",
+    )
     p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
     p.add_argument(
         "--merge",
@@ -202,21 +263,35 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.tune_seed is not None:
+        tune = carve_tuning_split(args.data, out / "tune-data", args.tune_seed)
+        args.data, args.eval_split = str(tune), str(tune / "val.json")
     runs = []
     if args.merge:
         for run_dir in map(Path, args.merge):
             variant, _, seed = run_dir.name.rpartition("-seed")
+            if not (run_dir / PER_USER).is_file():  # runs from before per-user metrics were kept
+                users, per_user = per_user_metrics(run_dir, args.data, args.eval_split)
+                np.savez(
+                    run_dir / PER_USER,
+                    users=users,
+                    **{k.replace("@", "_at_"): v for k, v in per_user.items()},
+                )
             runs.append(collect(run_dir, variant, int(seed)))
     if not args.merge:
         jobs = [(variant, seed, None) for variant in args.variants for seed in args.seeds]
         runs += run_many(args, jobs, out)
     table = summarise(runs)
+    stats = intervals(runs)
     meta = {
         "command": " ".join([sys.executable, "-m", "benchmarks.quality", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs, "summary": table}, indent=1))
+    result = {"meta": meta, "runs": runs, "summary": table, "intervals": stats}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
     md = markdown(table, args.eval_split)
+    if stats is not None:
+        md += "\n" + interval_markdown(stats)
     (out / "results.md").write_text(md)
     plot(runs, out / "val_recall20.png")
     print(md)

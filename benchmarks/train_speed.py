@@ -2,8 +2,9 @@
 
     python -m benchmarks.train_speed --data ../shared/data/tiktok --config configs/tiktok.yaml --steps 10
 
-Phases of one step (as in ``training.trainer.train``): the full-graph forward (projection, Eq. 2,
-Eq. 8 views, Eq. 9 attention, Eq. 10 GNN, Eq. 12), the adversarial step (Eq. 3-7: one
+Phases of one step (as in ``training.trainer.train``): the full-graph forward (the held-out batch
+edges' Eq. 2 operators, projection, Eq. 2, Eq. 8 views, Eq. 9 attention, Eq. 10 GNN, Eq. 12), the
+adversarial step (Eq. 3-7: one
 discriminator update + L_G), and the model backward + optimiser step; plus one view refresh.
 Prints a table and writes JSON to ``--out``.
 """
@@ -17,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -26,6 +28,79 @@ from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
 from training.config import load_config
 from training.data import load_dataset
 from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views, resolve_device
+
+
+class Bench:
+    """A model, its optimisers and state on ``dataset``, and ``step()``: one training step as
+    ``training.trainer.train`` runs it (held-out batch edges included), timed by phase."""
+
+    def __init__(self, dataset: Any, cfg: Any, device: torch.device) -> None:
+        tc = cfg.train
+        self.cfg, self.device = cfg, device
+        self.mc = model_config_for(dataset, cfg.model)
+        self.state = TrainingState(dataset, self.mc, device)
+        torch.manual_seed(tc.seed)
+        self.model = MMSSL(self.mc).to(device).train()
+        self.opt_model = torch.optim.AdamW(
+            self.model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        self.opt_d = (
+            torch.optim.Adam(self.model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
+            if self.model.discriminator
+            else None
+        )
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.views = refresh_views(self.model, self.state)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step(self) -> tuple[float, float, float]:
+        """(forward, adversarial, backward) seconds of one step."""
+        tc, mc, state, model = self.cfg.train, self.mc, self.state, self.model
+        idx = torch.randint(0, state.users.numel(), (tc.batch_size,), generator=self.gen, device=self.device)
+        users, pos = state.users[idx], state.items[idx]
+        neg = state.sample_negatives(users, self.gen)
+        self.sync()
+        t0 = time.perf_counter()
+        graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
+        out = model(graph, state.item_raw, self.views)
+        self.sync()
+        t1 = time.perf_counter()
+        batch_users = torch.unique(users)
+        loss_g = torch.zeros((), device=self.device)
+        if self.opt_d is not None:
+            loss_g, _ = adversarial_step(model, out, state, batch_users, self.opt_d, self.cfg, self.gen)
+        self.sync()
+        t2 = time.perf_counter()
+        loss = bpr_loss((out.user[users] * out.item[pos]).sum(1), (out.user[users] * out.item[neg]).sum(1))
+        if out.view_users and mc.use_contrastive:
+            cl = sum(
+                cross_modal_info_nce(out.user[batch_users], v[batch_users], tc.cl_temperature)
+                for v in out.view_users
+            )
+            loss = loss + tc.cl_weight * cl / len(out.view_users)
+        loss = loss + tc.g_weight * loss_g
+        loss = loss + tc.l2_weight * l2_penalty(
+            model.user_embedding.weight[users],
+            model.item_embedding.weight[pos],
+            model.item_embedding.weight[neg],
+        )
+        self.opt_model.zero_grad()
+        loss.backward()
+        self.opt_model.step()
+        self.sync()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    def refresh(self) -> float:
+        """Seconds of one Eq. 8 view refresh (top-k over all items for every active user)."""
+        self.sync()
+        t = time.perf_counter()
+        self.views = refresh_views(self.model, self.state)
+        self.sync()
+        return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,65 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train
     device = resolve_device(tc.device)
-    dataset = load_dataset(args.data)
-    mc = model_config_for(dataset, cfg.model)
-    state = TrainingState(dataset, mc, device)
-    torch.manual_seed(tc.seed)
-    model = MMSSL(mc).to(device).train()
-    opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    opt_d = (
-        torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
-        if model.discriminator
-        else None
-    )
-    gen = torch.Generator(device=device).manual_seed(0)
-    views = refresh_views(model, state)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def step() -> tuple[float, float, float]:
-        idx = torch.randint(0, state.users.numel(), (tc.batch_size,), generator=gen, device=device)
-        users, pos = state.users[idx], state.items[idx]
-        neg = state.sample_negatives(users, gen)
-        sync()
-        t0 = time.perf_counter()
-        out = model(state.graph, state.item_raw, views)
-        sync()
-        t1 = time.perf_counter()
-        batch_users = torch.unique(users)
-        loss_g = torch.zeros((), device=device)
-        if opt_d is not None:
-            loss_g, _ = adversarial_step(model, out, state, batch_users, opt_d, cfg, gen)
-        sync()
-        t2 = time.perf_counter()
-        loss = bpr_loss((out.user[users] * out.item[pos]).sum(1), (out.user[users] * out.item[neg]).sum(1))
-        if out.view_users and mc.use_contrastive:
-            cl = sum(
-                cross_modal_info_nce(out.user[batch_users], v[batch_users], tc.cl_temperature)
-                for v in out.view_users
-            )
-            loss = loss + tc.cl_weight * cl / len(out.view_users)
-        loss = loss + tc.g_weight * loss_g
-        loss = loss + tc.l2_weight * l2_penalty(
-            model.user_embedding.weight[users], model.item_embedding.weight[pos]
-        )
-        opt_model.zero_grad()
-        loss.backward()
-        opt_model.step()
-        sync()
-        t3 = time.perf_counter()
-        return t1 - t0, t2 - t1, t3 - t2
-
+    if device.type == "cpu" and tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)  # as the trainer does
+    bench = Bench(load_dataset(args.data), cfg, device)
+    state, step = bench.state, bench.step
     for _ in range(2):
         step()
     timings = [step() for _ in range(args.steps)]
-    sync()
-    t = time.perf_counter()
-    refresh_views(model, state)
-    sync()
-    refresh_s = time.perf_counter() - t
+    refresh_s = bench.refresh()
     phases = {
         name: statistics.mean(x[i] for x in timings)
         for i, name in enumerate(("forward", "adversarial", "backward"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,7 +62,7 @@ def discriminator_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     return fake_scores.mean() - real_scores.mean()
 
 
-def gradient_penalty(discriminator: torch.nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
     """WGAN-GP term of Eq. 7: E[(||grad_a D(a)||_2 - 1)^2] at a = alpha*real + (1-alpha)*fake.
 
     real, fake: (B, n_items), detached from the model. -> scalar (graph kept for D's update)

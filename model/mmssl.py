@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import MMSSLConfig
-from model.graph import InteractionGraph, ModalityViews
+from model.graph import InteractionGraph, ModalityViews, spmm
 
 
 class ModalityFeatures(NamedTuple):
@@ -61,6 +61,22 @@ class ModalityAttention(nn.Module):
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)  # (N,H,M,M')
         return (weights @ v).transpose(1, 2).reshape(n, m, d)
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """forward(x).mean(dim=1), the mean pooling over modalities that follows Eq. 9.
+
+        x: (N, M, d) -> (N, d). The mean over queries m commutes with the weighted sum, so the
+        weights are averaged first: out = sum_m' (mean_m w[m, m']) x^m'. Broadcast products over
+        (N, M, M', H) instead of N*H batched (M x M) matrix products, which cost more than their
+        arithmetic on a CPU when M is 2 or 3.
+        """
+        n, m, d = x.shape
+        q = self.query(x).view(n, m, 1, self.n_heads, self.head_dim)
+        k = self.key(x).view(n, 1, m, self.n_heads, self.head_dim)
+        logits = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (N, M, M', H)
+        weights = torch.softmax(logits, dim=2).mean(dim=1)  # (N, M', H), averaged over queries m
+        v = x.view(n, m, self.n_heads, self.head_dim)
+        return (weights.unsqueeze(-1) * v).sum(dim=1).reshape(n, d)
+
 
 def _gamma(n_in: int, n_out: int, slope: float, dropout: float) -> nn.Sequential:
     """Γ(a) = Drop(BN(LeakyReLU(Linear(a)))) of Eq. 4."""
@@ -84,9 +100,20 @@ class Discriminator(nn.Module):
             nn.Linear(hidden // 2, 1),
         )
 
-    def forward(self, rows: Tensor) -> Tensor:
-        """rows: (B, n_items) -> (B,) in (0, 1)."""
-        return torch.sigmoid(self.net(rows)).squeeze(1)
+    def forward(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
+        """rows: (B, n_items) -> (B,) in (0, 1).
+
+        With ``columns`` (C,) item indices, rows are (B, C): the entries of those items only, and
+        the first layer uses only their weight columns, i.e. D of a full row that is zero elsewhere.
+        """
+        if columns is None:
+            return torch.sigmoid(self.net(rows)).squeeze(1)
+        first = self.net[0]
+        assert isinstance(first, nn.Sequential)
+        linear = first[0]
+        assert isinstance(linear, nn.Linear)
+        hidden = F.linear(rows, linear.weight[:, columns], linear.bias)
+        return torch.sigmoid(self.net[1:](first[1:](hidden))).squeeze(1)
 
 
 class MMSSL(nn.Module):
@@ -157,8 +184,8 @@ class MMSSL(nn.Module):
         projected, users, items = [], [], []
         for name, raw in zip(self.modalities, item_raw, strict=True):
             fbar = self.feat_dropout(self.project(name, raw))  # (n_items, d)
-            f_u = torch.sparse.mm(graph.user_mean, fbar)  # sum_{i in N_u} fbar_i / sqrt|N_u|
-            f_i = torch.sparse.mm(graph.item_mean, f_u)  # sum_{u in N_i} f_u / sqrt|N_i|
+            f_u = spmm(graph.user_mean, fbar, graph.user_mean_t)  # sum_{i in N_u} fbar_i / sqrt|N_u|
+            f_i = spmm(graph.item_mean, f_u, graph.item_mean_t)  # sum_{u in N_i} f_u / sqrt|N_i|
             projected.append(fbar)
             users.append(f_u)
             items.append(f_i)
@@ -175,13 +202,18 @@ class MMSSL(nn.Module):
             if views is None:
                 raise ValueError("a multi-modal MMSSL forward needs the modality views (Eq. 8)")
             feats = self.modality_features(item_raw, graph)
-            for ui, iu in zip(views.user_to_item, views.item_to_user, strict=True):
-                view_users.append(torch.sparse.mm(ui, e_i))  # e_u^m = sum_{N_u^m} e_i / sqrt|N_u^m|
-                view_items.append(torch.sparse.mm(iu, e_u))  # e_i^m
+            n_views = len(views.user_to_item)
+            no_t: list[Tensor | None] = [None] * n_views
+            ui_t: list[Tensor | None] = list(views.user_to_item_t) if views.user_to_item_t else no_t
+            iu_t: list[Tensor | None] = list(views.item_to_user_t) if views.item_to_user_t else no_t
+            for m in range(n_views):
+                # e_u^m = sum_{N_u^m} e_i / sqrt|N_u^m|, and e_i^m
+                view_users.append(spmm(views.user_to_item[m], e_i, ui_t[m]))
+                view_items.append(spmm(views.item_to_user[m], e_u, iu_t[m]))
             assert self.attention is not None
-            # Eq. 9 then mean pooling over modalities.
-            fused_u = self.attention(torch.stack(view_users, dim=1)).mean(dim=1)
-            fused_i = self.attention(torch.stack(view_items, dim=1)).mean(dim=1)
+            # Eq. 9 then mean pooling over modalities, users and items in one batch: (U + I, M, d)
+            nodes = torch.stack([torch.cat([u, i]) for u, i in zip(view_users, view_items, strict=True)], 1)
+            fused_u, fused_i = self.attention.pooled(nodes).split([e_u.shape[0], e_i.shape[0]])
             layer_u = e_u + cfg.eta * F.normalize(fused_u, dim=1)  # E_hat_u^0 (Eq. 10)
             layer_i = e_i + cfg.eta * F.normalize(fused_i, dim=1)
         else:
@@ -190,8 +222,8 @@ class MMSSL(nn.Module):
         layers_u, layers_i = [layer_u], [layer_i]
         for _ in range(cfg.n_layers):  # Eq. 10: E_u^{l+1} = A E_i^l, E_i^{l+1} = A^T E_u^l
             layers_u, layers_i = (
-                layers_u + [torch.sparse.mm(graph.user_gnn, layers_i[-1])],
-                layers_i + [torch.sparse.mm(graph.item_gnn, layers_u[-1])],
+                layers_u + [spmm(graph.user_gnn, layers_i[-1], graph.user_gnn_t)],
+                layers_i + [spmm(graph.item_gnn, layers_u[-1], graph.item_gnn_t)],
             )
         user_id_side = torch.stack(layers_u).mean(dim=0)  # mean pooling over l = 0..L
         item_id_side = torch.stack(layers_i).mean(dim=0)

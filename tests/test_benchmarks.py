@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import FAST_OVERRIDES
 
 
@@ -38,6 +40,16 @@ def test_quality_benchmark_writes_table_json_and_plot(tiny_data, tmp_path):
     assert result["runs"][0]["eval"] != result["runs"][1]["eval"]
     assert "| full | 1 |" in (out / "results.md").read_text()
     assert (out / "val_recall20.png").stat().st_size > 1000
+    # paired bootstrap intervals over the scored users, for each variant and the difference
+    stats = result["intervals"]
+    scored = json.loads((tiny_data / "test.json").read_text())
+    assert stats["n_users"] == sum(1 for items in scored.values() if items) > 0
+    diff = stats["differences"]["full - id_only"]["recall@20"]
+    expected = result["runs"][0]["eval"]["recall@20"] - result["runs"][1]["eval"]["recall@20"]
+    assert diff[0] == pytest.approx(expected, abs=1e-9) and diff[1] <= diff[0] <= diff[2]
+    full_r20 = stats["variants"]["full"]["recall@20"]
+    assert full_r20[0] == pytest.approx(result["runs"][0]["eval"]["recall@20"], abs=1e-9)
+    assert "Paired bootstrap 95% intervals" in (out / "results.md").read_text()
 
 
 def test_fresh_users_benchmark_compares_fold_in_trained_and_popularity(tiny_data, tmp_path):
@@ -257,3 +269,87 @@ def test_gumbel_observed_mass_follows_the_gumbel_max_probability(tiny_data):
     # a large τ makes the row uniform: the observed items hold n / |I| of it
     flat = gumbel_observed_mass(state, users, tau=1e3)
     assert abs(flat - float(np.mean(n / dataset.n_items))) < 0.01
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_and_pairs_users():
+    import numpy as np
+
+    from benchmarks.common import bootstrap_interval, paired_intervals
+
+    rng = np.random.default_rng(0)
+    hits = (rng.random(4000) < 0.3).astype(float)
+    mean, low, high = bootstrap_interval(hits, n_boot=2000, seed=1)
+    se = hits.std() / np.sqrt(hits.size)
+    assert mean == hits.mean() and low < mean < high
+    assert (high - low) == pytest.approx(2 * 1.96 * se, rel=0.1)  # independent reference: normal CI
+    assert bootstrap_interval(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
+    # paired: b is a plus a small per-user gain; the unpaired intervals overlap, the paired one is > 0
+    a = hits
+    b = a.copy()
+    b[rng.choice(a.size, 40, replace=False)] = 1.0
+    stats = paired_intervals({"b": {"r": b}, "a": {"r": a}}, ["r"], reference="b", n_boot=1000)
+    assert stats["n_users"] == 4000
+    va, vb = stats["variants"]["a"]["r"], stats["variants"]["b"]["r"]
+    assert vb[1] < va[2]  # overlap
+    diff = stats["differences"]["b - a"]["r"]
+    assert diff[0] == pytest.approx(b.mean() - a.mean()) and diff[1] > 0
+    with pytest.raises(ValueError, match="different users"):
+        paired_intervals({"a": {"r": a}, "b": {"r": b[:10]}}, ["r"], reference="a")
+
+
+def test_tuning_split_moves_one_item_per_eligible_user_and_loads(tiny_data, tmp_path):
+    from benchmarks.common import carve_tuning_split
+    from training.data import load_dataset
+
+    original = json.loads((tiny_data / "train.json").read_text())
+    out = carve_tuning_split(tiny_data, tmp_path / "tune", seed=3)
+    train = json.loads((out / "train.json").read_text())
+    tune = json.loads((out / "val.json").read_text())
+    assert set(train) == set(original)
+    for user, items in original.items():
+        if len(items) >= 3:
+            assert len(tune[user]) == 1 and sorted(train[user] + tune[user]) == sorted(items)
+        else:
+            assert user not in tune and train[user] == items
+    assert (
+        carve_tuning_split(tiny_data, tmp_path / "again", seed=3).joinpath("val.json").read_text()
+        == (out / "val.json").read_text()
+    )
+    assert (
+        json.loads(carve_tuning_split(tiny_data, tmp_path / "other", seed=4).joinpath("val.json").read_text())
+        != tune
+    )
+    ds = load_dataset(out)  # features linked, the folder is a valid dataset
+    assert ds.n_items == load_dataset(tiny_data).n_items and ds.val.nnz == sum(map(len, tune.values()))
+
+
+def test_scaled_data_has_s_times_the_users_and_items_and_disjoint_splits(tiny_data, tmp_path):
+    from benchmarks.scale import write_scaled
+    from training.data import load_dataset
+
+    base = load_dataset(tiny_data)
+    shape = write_scaled(tiny_data, 3, tmp_path / "x3")
+    ds = load_dataset(tmp_path / "x3")  # the loader validates: in range, disjoint, no duplicates
+    assert (
+        (ds.n_users, ds.n_items)
+        == (3 * base.n_users, 3 * base.n_items)
+        == (shape["n_users"], shape["n_items"])
+    )
+    assert ds.train.nnz == shape["n_train"]
+    assert 1.5 * base.train.nnz < ds.train.nnz <= 3 * base.train.nnz  # repeats dropped, scale kept
+    assert set(ds.features) == {"image", "audio"} and ds.features["image"].shape == (ds.n_items, 128)
+
+
+def test_scale_benchmark_reports_each_scale(tiny_data, tmp_path):
+    from benchmarks import scale
+
+    out = tmp_path / "scale.json"
+    rc = scale.main(
+        ["--data", str(tiny_data), "--scales", "1", "2", "--steps", "1", "--out", str(out), *FAST_OVERRIDES]
+    )
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["scale"] for r in rows] == [1, 2]
+    assert rows[1]["n_items"] == 2 * rows[0]["n_items"] and rows[1]["batch_size"] == 2 * rows[0]["batch_size"]
+    assert rows[0]["steps_per_epoch"] == rows[1]["steps_per_epoch"]  # --scale-batch: same passes
+    assert all(r["step_s"] > 0 and r["refresh_s"] > 0 and r["peak_rss_mb"] > 50 for r in rows)

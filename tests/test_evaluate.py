@@ -88,3 +88,31 @@ def test_training_items_are_never_counted_as_hits():
     # the best-scoring item is a training item and also (wrongly) in the target: masked
     m = rank_metrics(user, items, *_csr([[0]]), *_csr([[0, 2]]), ks=(1,))
     assert m["recall@1"] == 0.0
+
+
+def test_per_user_metrics_average_to_rank_metrics_and_match_the_reference_user_by_user():
+    from training.evaluate import rank_metrics_per_user
+
+    rng = np.random.default_rng(5)
+    n_users, n_items = 23, 40
+    user_emb = torch.tensor(rng.normal(size=(n_users, 6)), dtype=torch.float32)
+    item_emb = torch.tensor(rng.normal(size=(n_items, 6)), dtype=torch.float32)
+    train_rows = [
+        set(rng.choice(n_items, rng.integers(0, 5), replace=False).tolist()) for _ in range(n_users)
+    ]
+    target_rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if i not in train_rows[u]]
+        target_rows.append(set(rng.choice(pool, rng.integers(0, 3), replace=False).tolist()))
+    args = (user_emb, item_emb, *_csr([list(r) for r in train_rows]), *_csr([list(r) for r in target_rows]))
+    users, per_user = rank_metrics_per_user(*args, ks=(5,), batch_users=4)
+    assert users.tolist() == [u for u in range(n_users) if target_rows[u]]
+    means = rank_metrics(*args, ks=(5,), batch_users=7)
+    for key in ("recall@5", "precision@5", "ndcg@5"):
+        assert per_user[key].shape == users.shape
+        assert per_user[key].mean() == pytest.approx(means[key], rel=1e-12)
+    for j, u in enumerate(users.tolist()):  # each user against the one-user reference
+        one = [r if v == u else set() for v, r in enumerate(target_rows)]
+        ref = _reference(user_emb, item_emb, train_rows, one, 5)
+        assert per_user["recall@5"][j] == pytest.approx(ref["recall"])
+        assert per_user["ndcg@5"][j] == pytest.approx(ref["ndcg"])

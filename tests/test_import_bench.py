@@ -6,47 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.common import paired_difference, per_user_metrics
+from benchmarks.common import paired_difference
 from benchmarks.mmrec_roundtrip import compare
 from training.data import Interactions, load_dataset
-from training.evaluate import rank_metrics
+from training.evaluate import rank_metrics_per_user
 from training.synthetic import write_synthetic
 
 
 def test_per_user_metrics_hand_example():
     # 1 user, 4 items; scores 4,3,2,1 for items 0..3; item 0 is a training item (masked)
-    user = np.array([[1.0]])
-    items = np.array([[4.0], [3.0], [2.0], [1.0]])
+    user = torch.tensor([[1.0]])
+    items = torch.tensor([[4.0], [3.0], [2.0], [1.0]])
     train = Interactions.from_lists([[0]])
     target = Interactions.from_lists([[2, 3]])
-    m = per_user_metrics(user, items, train.indptr, train.indices, target.indptr, target.indices, k=2)
+    _, m = rank_metrics_per_user(
+        user, items, train.indptr, train.indices, target.indptr, target.indices, ks=(2,)
+    )
     # top-2 after masking: items 1, 2 -> one hit at rank 2: recall 1/2, NDCG (1/log2 3) / (1 + 1/log2 3)
     assert m["recall@2"].tolist() == [0.5]
     assert m["ndcg@2"][0] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
-
-
-def test_per_user_metrics_average_to_rank_metrics():
-    rng = np.random.default_rng(0)
-    users, items = rng.normal(size=(30, 8)), rng.normal(size=(50, 8))
-    train = Interactions.from_lists([sorted(rng.choice(50, 5, replace=False).tolist()) for _ in range(30)])
-    target_rows = []
-    for u in range(30):
-        free = np.setdiff1d(np.arange(50), train.items_of(u))
-        target_rows.append([] if u % 7 == 0 else sorted(rng.choice(free, 3, replace=False).tolist()))
-    target = Interactions.from_lists(target_rows)
-    mine = per_user_metrics(users, items, train.indptr, train.indices, target.indptr, target.indices, k=20)
-    ref = rank_metrics(
-        torch.tensor(users),
-        torch.tensor(items),
-        train.indptr,
-        train.indices,
-        target.indptr,
-        target.indices,
-        ks=(20,),
-    )
-    assert mine["users"].size == ref["n_users"] == 25
-    assert mine["recall@20"].mean() == pytest.approx(ref["recall@20"], abs=1e-9)
-    assert mine["ndcg@20"].mean() == pytest.approx(ref["ndcg@20"], abs=1e-9)
 
 
 def test_paired_difference():

@@ -194,3 +194,80 @@ def test_config_validation_names_the_problem():
         MMSSLConfig(n_users=2, n_items=2, modality_dims={"a": 2}, graph_norm="rw", view_topk=1).validate()
     with pytest.raises(ValueError, match="id_only"):
         MMSSLConfig(n_users=2, n_items=2, view_topk=1).validate()
+
+
+def test_pooled_attention_equals_attention_then_mean_over_modalities():
+    torch.manual_seed(1)
+    att = ModalityAttention(dim=8, n_heads=2)
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    pooled = att.pooled(x)
+    assert pooled.shape == (6, 8)
+    assert torch.allclose(pooled, att(x).mean(dim=1), atol=1e-6)
+    # the gradients agree too (the trainer differentiates through pooled)
+    (g_pooled,) = torch.autograd.grad(pooled.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(att(x).mean(dim=1).square().sum(), x)
+    assert torch.allclose(g_pooled, g_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph_norm", ["symmetric", "paper"])
+def test_every_operator_carries_its_exact_transpose_and_spmm_differentiates_through_it(graph_norm):
+    from model.graph import spmm
+
+    users, items = _toy_graph()
+    g = build_interaction_graph(users, items, 3, 4, graph_norm)
+    pairs = [
+        (g.user_mean, g.user_mean_t),
+        (g.item_mean, g.item_mean_t),
+        (g.user_gnn, g.user_gnn_t),
+        (g.item_gnn, g.item_gnn_t),
+    ]
+    torch.manual_seed(2)
+    for op, op_t in pairs:
+        assert op.layout == torch.sparse_csr and op_t is not None
+        dense = op.to_dense()
+        assert torch.equal(op_t.to_dense(), dense.T)
+        x = torch.randn(dense.shape[1], 5, requires_grad=True)
+        w = torch.randn(dense.shape[0], 5)
+        y = spmm(op, x, op_t)
+        assert torch.allclose(y, dense @ x, atol=1e-6)
+        (grad,) = torch.autograd.grad((y * w).sum(), x)
+        assert torch.allclose(grad, dense.T @ w, atol=1e-6)  # independent reference: dense A^T w
+    # the views carry theirs too
+    tops = [torch.tensor([[0, 1], [2, 3], [-1, -1]])]
+    views = views_from_topk(tops, 4)
+    assert views.user_to_item_t is not None and views.item_to_user_t is not None
+    assert torch.equal(views.user_to_item_t[0].to_dense(), views.user_to_item[0].to_dense().T)
+    assert torch.equal(views.item_to_user_t[0].to_dense(), views.item_to_user[0].to_dense().T)
+
+
+def test_discriminator_on_sampled_columns_equals_d_of_the_full_row_zero_elsewhere():
+    torch.manual_seed(3)
+    d = Discriminator(n_items=12, hidden=8, slope=0.2, dropout=0.0).eval()
+    columns = torch.tensor([1, 4, 5, 10])
+    rows = torch.rand(6, 4)
+    full = torch.zeros(6, 12)
+    full[:, columns] = rows
+    assert torch.allclose(d(rows, columns), d(full), atol=1e-6)
+    # and it depends on which columns the values sit in
+    assert not torch.allclose(d(rows, torch.tensor([0, 2, 3, 11])), d(full), atol=1e-4)
+
+
+def test_the_default_config_still_builds_the_papers_model():
+    from training.config import TrainConfig
+
+    cfg = MMSSLConfig(n_users=5, n_items=16, modality_dims={"image": 7, "audio": 3})
+    model = MMSSL(cfg)
+    assert (cfg.embed_dim, cfg.n_layers, cfg.n_heads, cfg.eta, cfg.omega) == (64, 2, 4, 0.36, 0.55)
+    assert [p.out_features for p in model.projections.values()] == [64, 64]
+    assert model.attention is not None and model.attention.n_heads == 4 and model.attention.head_dim == 16
+    first, second = model.discriminator.net[0][0], model.discriminator.net[1][0]
+    assert (first.in_features, first.out_features, second.out_features) == (
+        16,
+        256,
+        128,
+    )  # D over |I|-wide rows
+    assert model.discriminator.net[0][1].negative_slope == 0.2
+    assert cfg.use_adversarial and cfg.use_contrastive and cfg.use_gumbel and not cfg.id_only
+    tc = TrainConfig()
+    assert tc.adv_item_columns == 0  # the discriminator sees every item column, as in Eq. 4-7
+    assert (tc.cl_temperature, tc.cl_weight, tc.gp_weight) == (0.5, 0.03, 1.0)

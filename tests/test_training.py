@@ -320,3 +320,64 @@ def test_adversarial_step_updates_d_once_and_l_g_reaches_only_the_generator(tiny
     loss_g.backward()
     assert all(p.grad is None for p in model.discriminator.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projections.parameters())
+
+
+def test_graph_without_equals_the_eq2_operators_rebuilt_from_the_kept_pairs(tiny_data):
+    import torch
+
+    from model.graph import build_interaction_graph
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import TrainingState, model_config_for
+
+    dataset = load_dataset(tiny_data)
+    mc = model_config_for(dataset, load_config(None, FAST_OVERRIDES).model)
+    state = TrainingState(dataset, mc, torch.device("cpu"))
+    drop = torch.randperm(state.users.numel(), generator=torch.Generator().manual_seed(3))[:40]
+    keep = torch.ones(state.users.numel(), dtype=torch.bool)
+    keep[drop] = False
+    got = state.graph_without(drop)
+    # independent reference: a graph built from scratch from the kept pairs only
+    ref = build_interaction_graph(state.users[keep], state.items[keep], dataset.n_users, dataset.n_items)
+    for name in ("user_mean", "item_mean", "user_mean_t", "item_mean_t"):
+        assert torch.equal(getattr(got, name).to_dense(), getattr(ref, name).to_dense()), name
+    assert torch.equal(got.user_mean.to_dense().T, got.user_mean_t.to_dense())
+    # the message-passing operators keep every training edge
+    assert torch.equal(got.user_gnn.to_dense(), state.graph.user_gnn.to_dense())
+
+
+def test_sampled_item_columns_hold_the_users_items_and_bound_the_discriminator_rows(tiny_data):
+    import torch
+
+    from model import MMSSL
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import (
+        TrainingState,
+        adversarial_step,
+        model_config_for,
+        refresh_views,
+        sample_item_columns,
+    )
+
+    dataset = load_dataset(tiny_data)
+    cfg = load_config(None, [*FAST_OVERRIDES, "adv_item_columns=30"])
+    torch.manual_seed(0)
+    mc = model_config_for(dataset, cfg.model)
+    state = TrainingState(dataset, mc, torch.device("cpu"))
+    users = state.active_users[:4]
+    cols = sample_item_columns(state, users, 30, torch.Generator().manual_seed(0))
+    own = {i for u in users.tolist() for i in dataset.train.items_of(u).tolist()}
+    assert own <= set(cols.tolist())  # where A_tilde's Gumbel mass lies
+    assert cols.numel() == max(30, len(own)) and torch.equal(cols, torch.unique(cols))
+    # the adversarial step runs on those columns: D's first layer sees (B, C) rows
+    model = MMSSL(mc).train()
+    views = refresh_views(model, state)
+    out = model(state.graph, state.item_raw, views)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=1e-2)
+    before = model.discriminator.net[0][0].weight.detach().clone()
+    loss_g, _ = adversarial_step(model, out, state, state.active_users[:8], opt_d, cfg, torch.Generator())
+    changed = (model.discriminator.net[0][0].weight.detach() - before).abs().sum(0) > 0
+    assert 30 <= int(changed.sum()) < dataset.n_items  # only sampled columns moved (full rows move all)
+    loss_g.backward()
+    assert all(p.grad is not None for p in model.projections.parameters())

@@ -40,6 +40,10 @@ class TrainConfig:
     gp_weight: float = 1.0  # λ1 (Eq. 7)
     cl_temperature: float = 0.5  # τ' (Eq. 11)
     adv_users: int = 256  # users per step in the adversarial SSL task (rows of width |I|)
+    # Item columns the discriminator sees per step: 0 = all |I| (the paper); N > 0 = the adversarial
+    # users' observed items plus uniform others up to N, the same columns for real and fake rows.
+    # Bounds the adversarial step's cost (D's first layer, A_hat^m blocks) as |I| grows.
+    adv_item_columns: int = 0
     view_refresh_steps: int = 20  # rebuild the Eq. 8 top-k views every N steps
     # Compute Eq. 2 for a step on the graph without that step's positive edges, so that the
     # modality side cannot score a training positive through its own features (see docs/MODEL.md).
@@ -65,6 +69,8 @@ class TrainConfig:
         for name in nonneg:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.adv_item_columns < 0:
+            problems.append(f"adv_item_columns must be >= 0 (got {self.adv_item_columns})")
         if self.adv_users < 2:
             problems.append("adv_users must be >= 2 (batch normalisation in D)")
         if len(self.d_betas) != 2 or not all(0 <= b < 1 for b in self.d_betas):

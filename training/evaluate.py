@@ -37,6 +37,31 @@ def rank_metrics(
     NDCG@K = DCG@K / IDCG@K with IDCG@K = sum_{j < min(|rel|, K)} 1/log2(j + 2).
     user_emb: (n_users, d), item_emb: (n_items, d); CSR arrays over users.
     """
+    users, per_user = rank_metrics_per_user(
+        user_emb, item_emb, train_indptr, train_indices, target_indptr, target_indices, ks, batch_users
+    )
+    n = max(int(users.size), 1)
+    out = {key: float(values.sum()) / n for key, values in per_user.items()}
+    out["n_users"] = float(users.size)
+    return out
+
+
+@torch.no_grad()
+def rank_metrics_per_user(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    train_indptr: np.ndarray,
+    train_indices: np.ndarray,
+    target_indptr: np.ndarray,
+    target_indices: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_users: int = 2048,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The metrics of ``rank_metrics`` for each user with target items, for paired statistics.
+
+    Returns (users (n,) int64 ascending, {"recall@K": (n,) float64, ...}) in the same user order.
+    Only [batch_users x n_items] score blocks exist at a time.
+    """
     device = user_emb.device
     n_items = item_emb.shape[0]
     max_k = min(max(ks), n_items)
@@ -46,7 +71,8 @@ def rank_metrics(
     users = torch.nonzero(n_rel_all > 0).squeeze(1)
     discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=device, dtype=torch.float64))
     ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "precision", "ndcg")}
+    names = ("recall", "precision", "ndcg")
+    parts: dict[str, list[Tensor]] = {f"{name}@{k}": [] for k in ks for name in names}
     for start in range(0, users.shape[0], batch_users):
         block = users[start : start + batch_users]
         scores = user_emb[block] @ item_emb.T  # (B, n_items)
@@ -62,10 +88,10 @@ def rank_metrics(
             n_hit = hit_k.sum(1)
             dcg = (hit_k * discount[:kk]).sum(1)
             idcg = ideal[(n_rel.clamp(max=kk) - 1).long()]
-            sums[f"recall@{k}"] += float((n_hit / n_rel).sum())
-            sums[f"precision@{k}"] += float((n_hit / k).sum())
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
-    n = max(int(users.shape[0]), 1)
-    out = {key: value / n for key, value in sums.items()}
-    out["n_users"] = float(users.shape[0])
-    return out
+            parts[f"recall@{k}"].append(n_hit / n_rel)
+            parts[f"precision@{k}"].append(n_hit / k)
+            parts[f"ndcg@{k}"].append(dcg / idcg)
+    per_user = {
+        key: (torch.cat(v).cpu().numpy() if v else np.zeros(0, dtype=np.float64)) for key, v in parts.items()
+    }
+    return users.cpu().numpy().astype(np.int64), per_user

@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
-from model.graph import InteractionGraph, cosine_blocks, mean_operators, modality_topk, observed_rows
+from model.graph import (
+    InteractionGraph,
+    cosine_blocks,
+    mean_operators_with_transposes,
+    modality_topk,
+    observed_rows,
+)
 from model.losses import (
     bpr_loss,
     cross_modal_info_nce,
@@ -112,15 +118,30 @@ class TrainingState:
         # Sorted keys u * n_items + i of the observed pairs, for rejection of sampled negatives.
         self.pair_keys = torch.sort(self.users * dataset.n_items + self.items).values
         self.n_items = dataset.n_items
+        # The pairs' orders by (user, item) and by (item, user), so that graph_without builds its
+        # CSR operators with masks and no sort: O(nnz) per step.
+        self.user_order = torch.argsort(self.users * dataset.n_items + self.items)
+        self.item_order = torch.argsort(self.items * dataset.n_users + self.users)
 
     def graph_without(self, pair_idx: Tensor) -> InteractionGraph:
         """The graph with the Eq. 2 operators rebuilt without the given training pairs."""
         keep = torch.ones(self.users.numel(), dtype=torch.bool, device=self.users.device)
         keep[pair_idx] = False
-        user_mean, item_mean = mean_operators(
-            self.users[keep], self.items[keep], self.graph.user_mean.shape[0], self.n_items
+        # positions of the kept pairs in each sorted order, renumbered into the kept subset
+        kept_index = torch.cumsum(keep, 0) - 1
+        user_order = kept_index[self.user_order[keep[self.user_order]]]
+        item_order = kept_index[self.item_order[keep[self.item_order]]]
+        user_mean, item_mean, user_mean_t, item_mean_t = mean_operators_with_transposes(
+            self.users[keep],
+            self.items[keep],
+            self.graph.user_mean.shape[0],
+            self.n_items,
+            user_order=user_order,
+            item_order=item_order,
         )
-        return self.graph._replace(user_mean=user_mean, item_mean=item_mean)
+        return self.graph._replace(
+            user_mean=user_mean, item_mean=item_mean, user_mean_t=user_mean_t, item_mean_t=item_mean_t
+        )
 
     def sample_negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
         """Uniform items the user has not interacted with in training (resampled on collision)."""
@@ -249,23 +270,35 @@ def adversarial_step(
     assert disc is not None
     users = batch_users[torch.randperm(batch_users.numel(), generator=generator, device=batch_users.device)]
     users = users[: tc.adv_users]
-    # Generated relations A_hat^m (Eq. 3), [adv users x all items] blocks with gradient.
+    columns = None
+    if 0 < tc.adv_item_columns < state.n_items:
+        columns = sample_item_columns(state, users, tc.adv_item_columns, generator)
+    # Generated relations A_hat^m (Eq. 3), [adv users x items] blocks with gradient: all items, or
+    # the sampled columns.
     fake = [
-        cosine_blocks(f_u, f_i, users)
+        cosine_blocks(f_u, f_i if columns is None else f_i[columns], users)
         for f_u, f_i in zip(out.features.users, out.features.items, strict=True)
     ]
-    # Real rows A_tilde (Eq. 5): Gumbel-softmax of the observed rows plus zeta * cos(h_u, h_i).
+    # Real rows A_tilde (Eq. 5): Gumbel-softmax of the observed rows plus zeta * cos(h_u, h_i). The
+    # softmax normalises over all items, then the sampled columns are taken.
     with torch.no_grad():
         observed = observed_rows(state.graph, users, state.n_items)
         transformed = gumbel_transform(observed, mc.gumbel_tau, generator) if mc.use_gumbel else observed
-        real = transformed + mc.zeta * cosine_blocks(out.user, out.item, users)
+        if columns is None:
+            real = transformed + mc.zeta * cosine_blocks(out.user, out.item, users)
+        else:
+            real = transformed[:, columns] + mc.zeta * cosine_blocks(out.user, out.item[columns], users)
+
+    def critic(rows: Tensor) -> Tensor:
+        return disc(rows, columns)
+
     opt_discriminator.zero_grad(set_to_none=True)
     loss_d = torch.zeros((), device=users.device)
-    real_scores = disc(real)
+    real_scores = critic(real)
     for f in fake:
         f_detached = f.detach()
-        loss_d = loss_d + discriminator_loss(real_scores, disc(f_detached))
-        loss_d = loss_d + tc.gp_weight * gradient_penalty(disc, real, f_detached)
+        loss_d = loss_d + discriminator_loss(real_scores, critic(f_detached))
+        loss_d = loss_d + tc.gp_weight * gradient_penalty(critic, real, f_detached)
     loss_d = loss_d / len(fake)
     loss_d.backward()
     opt_discriminator.step()
@@ -273,10 +306,28 @@ def adversarial_step(
     # model's backward skips D's weight gradients (they would be discarded by the next D step).
     disc.requires_grad_(False)
     try:
-        loss_g = sum(generator_loss(disc(f)) for f in fake) / len(fake)
+        loss_g = torch.stack([generator_loss(critic(f)) for f in fake]).mean()
     finally:
         disc.requires_grad_(True)
     return loss_g, float(loss_d.detach())
+
+
+def sample_item_columns(
+    state: TrainingState, users: Tensor, n_columns: int, generator: torch.Generator
+) -> Tensor:
+    """Sorted unique item columns for the discriminator's rows: every item the users interacted
+    with in training (where the Gumbel-softmax mass of A_tilde lies), plus uniform items up to
+    ``n_columns`` in all (more when the users' own items alone exceed it).  -> (C,) int64
+    """
+    starts, ends = state.graph.indptr[users], state.graph.indptr[users + 1]
+    lengths = ends - starts
+    offsets = torch.cumsum(lengths, 0) - lengths
+    flat = torch.arange(int(lengths.sum()), device=users.device) - torch.repeat_interleave(offsets, lengths)
+    own = state.graph.indices[torch.repeat_interleave(starts, lengths) + flat]
+    uniform = torch.randperm(state.n_items, generator=generator, device=users.device)[:n_columns]
+    own = torch.unique(own)
+    extra = uniform[~torch.isin(uniform, own)][: max(0, n_columns - own.numel())]
+    return torch.sort(torch.cat([own, extra])).values
 
 
 def train(
