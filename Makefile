@@ -15,7 +15,7 @@ TIKTOK ?= ../shared/data/tiktok
 # The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
 EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology compose-test lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
+.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology compose-test lock-docker bench-train bench-quality bench-coldstart bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -85,6 +85,10 @@ bench-quality: install
 	$(BIN)/python -m benchmarks.quality --data $(TIKTOK) --eval-split $(EVAL) --config configs/tiktok.yaml \
 		--seeds 1 2 3 --variants full id_only no_asl no_cl no_gt --jobs 2 num_threads=1
 	$(BIN)/python -m benchmarks.content_signal --data $(TIKTOK) --eval-split $(EVAL)
+
+bench-coldstart: install
+	$(BIN)/python -m benchmarks.coldstart --data $(TIKTOK) --config configs/tiktok.yaml --seed 1 \
+		--report test --content bpr ridge --ordinary --out benchmarks/results/coldstart num_threads=1
 
 bench-sensitivity: install
 	$(BIN)/python -m benchmarks.sensitivity --data $(TIKTOK) --eval-split $(EVAL) --config configs/tiktok.yaml \

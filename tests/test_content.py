@@ -95,9 +95,10 @@ def test_numpy_projection_equals_the_pytorch_model_and_the_exported_rows(run, re
         )
 
 
-def test_numpy_item_vectors_equal_an_independent_ridge_fit_and_fill_the_cold_rows(trained_run):
-    dataset, _, _, path = trained_run
-    art = load_artifact(path)
+def test_numpy_item_vectors_equal_an_independent_ridge_fit_and_fill_the_cold_rows(trained_run, tmp_path):
+    dataset, _, run_dir, _ = trained_run
+    art = load_artifact(export_checkpoint(run_dir / BEST, dataset, tmp_path, content="ridge"))
+    assert art.manifest.content is not None and art.manifest.content["kind"] == "ridge"
     cp = load_content_path(art)
     assert cp is not None
     popularity = dataset.train.item_counts(dataset.n_items)

@@ -150,10 +150,10 @@ def _cmd_job(args: argparse.Namespace) -> int:
 # Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
 CONTENT_PATH_ARG: dict[str, Any] = {
     "choices": ("ridge", "bpr", "none"),
-    "default": "ridge",
-    "help": "ridge: export the content mapper and fill the vectors of items without training "
-    "interactions from their features (default); bpr: the same linear map fitted by BPR against "
-    "the trained user vectors; none: export the model as trained",
+    "default": "bpr",
+    "help": "bpr (default): export a content mapper fitted by BPR against the trained user vectors "
+    "and fill the vectors of items without training interactions from their features; ridge: the "
+    "same linear map by ridge regression onto the trained item vectors; none: export as trained",
 }
 
 

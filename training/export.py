@@ -35,14 +35,15 @@ def export_checkpoint(
     parent_version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
     notes: dict[str, Any] | None = None,
-    content: str = "ridge",
+    content: str = "bpr",
 ) -> Path:
     """Write ``artifact_root/<version>`` from ``checkpoint_path`` (a best.pt) and return its path.
 
-    ``content="ridge"`` (when the data has item features) fits the content mapper on the items with
-    training interactions, exports it (artifact/content.py) and gives every item without one its
-    h_i from its features; ``"bpr"`` fits the same linear map by BPR against the trained h_u
-    (training.content); ``"none"`` exports the model as trained.
+    With item features in the data, ``content`` fits the content mapper on the items with training
+    interactions, exports it (artifact/content.py) and gives every item without one its h_i from
+    its features: ``"bpr"`` (default, chosen on the cold-start benchmark's cold validation items,
+    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"ridge"`` by ridge regression onto the
+    trained h_i (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
