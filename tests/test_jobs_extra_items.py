@@ -156,3 +156,16 @@ def test_retrain_job_trains_the_added_items_and_exports_them(tiny_data, tmp_path
     assert a.item_popularity[index["new-a"]] == 2 and a.item_popularity[index["new-b"]] == 2
     # trained rows, not the content mapper's fill: they had interactions
     assert not np.isin([n, n + 1], a.extra["content_filled_items.npy"]).any()
+
+
+def test_id_only_dataset_takes_new_items_without_features_and_refuses_features(tmp_path):
+    from training.synthetic import write_synthetic
+
+    root = write_synthetic(tmp_path / "idonly", n_users=30, n_items=20, seed=1, modalities={})
+    spec = {"item_ids": ["x"], "available": [True], "has_features": [False], "features": {}}
+    ds = load_dataset(root, extra_items=spec, extra_train={"0": ["x"]})
+    assert ds.n_items == 21 and ds.item_ids[-1] == "x" and ds.features == {}
+    assert 20 in ds.train.items_of(0).tolist()
+    with_features = {**spec, "has_features": [True], "features": {"image": _block(np.ones((1, 4)))}}
+    with pytest.raises(DataError, match="unknown modality 'image'; the dataset's modalities: none"):
+        load_dataset(root, extra_items=with_features)
