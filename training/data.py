@@ -26,12 +26,15 @@ Everything is validated once, here; a problem raises :class:`DataError` with a o
 naming the file and what is wrong. Duplicated items within one user's list are an error (the real
 TikTok split has none). The splits must be disjoint.
 
-``extra_train`` folds interactions recorded by the online service into a retrain; see
+``extra_train`` folds interactions recorded by the online service into a retrain, and
+``extra_items`` the items it added or re-featured (new item rows with their features); see
 :func:`load_dataset`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import json
@@ -201,7 +204,8 @@ class Dataset:
     """A validated dataset in internal index space (user u is ``user_ids[u]`` outside).
 
     ``fingerprint`` is a sha256 over the name and bytes of every file read (splits and all
-    ``*_feat.npy``), the selected modalities, and the canonical form of ``extra_train`` if any.
+    ``*_feat.npy``), the selected modalities, and the canonical form of ``extra_items`` and
+    ``extra_train`` if any.
     """
 
     root: Path
@@ -215,6 +219,7 @@ class Dataset:
     features: dict[str, np.ndarray]  # modality -> (n_items, d_m) float32, keys sorted
     fingerprint: str
     extra_train_stats: dict[str, int] = field(default_factory=dict)  # empty without extra_train
+    extra_items_stats: dict[str, int] = field(default_factory=dict)  # empty without extra_items
     # True when user_ids.json gave the users external ids: split files are then keyed by internal index
     user_ids_from_file: bool = False
 
@@ -241,6 +246,8 @@ class Dataset:
         }
         if self.extra_train_stats:
             out["extra_train"] = dict(self.extra_train_stats)
+        if self.extra_items_stats:
+            out["extra_items"] = dict(self.extra_items_stats)
         return out
 
 
@@ -517,10 +524,120 @@ def _apply_extra_train(
     return user_ids + new_users, new_train, new_val, new_test, stats, canonical
 
 
+def _decode_feature_block(name: str, block: object, n_rows: int, dim: int) -> np.ndarray:
+    """One ``extra_items.features[m]`` entry -> (n_rows, dim) float32, checked."""
+    where = f"extra_items.features[{name!r}]"
+    if not isinstance(block, Mapping):
+        raise DataError(
+            f"{where}: expected an object with dtype, shape and base64, got {type(block).__name__}"
+        )
+    if block.get("dtype") != "float32":
+        raise DataError(f"{where}: dtype {block.get('dtype')!r}, expected 'float32'")
+    shape = block.get("shape")
+    if shape != [n_rows, dim]:
+        raise DataError(
+            f"{where}: shape {shape!r}, expected [{n_rows}, {dim}] "
+            f"({n_rows} items with has_features true, {dim} = the dataset's {name} dimension)"
+        )
+    text = block.get("base64")
+    if not isinstance(text, str):
+        raise DataError(f"{where}: base64 must be a string, got {type(text).__name__}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DataError(f"{where}: invalid base64 ({_one_line(exc)})") from exc
+    if len(data) != n_rows * dim * 4:
+        raise DataError(f"{where}: {len(data)} bytes, expected {n_rows * dim * 4} for shape {shape}")
+    arr = np.frombuffer(data, dtype="<f4").reshape(n_rows, dim).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        raise DataError(f"{where}: row {int(bad[0])} holds NaN or inf")
+    return arr
+
+
+def _apply_extra_items(
+    extra: Mapping[str, Any],
+    item_ids: list[str],
+    features: dict[str, np.ndarray],
+    all_modalities: Sequence[str],
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, int], bytes]:
+    """Items added or re-featured through the service's ``PUT /items`` -> (item ids, features, stats,
+    canonical bytes for the fingerprint). See :func:`load_dataset` for the rules."""
+    if not isinstance(extra, Mapping):
+        raise DataError(f"extra_items: expected an object, got {type(extra).__name__}")
+    ids, available, has = extra.get("item_ids"), extra.get("available"), extra.get("has_features")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise DataError("extra_items.item_ids: expected a list of non-empty strings")
+    if len(set(ids)) != len(ids):
+        dup = next(i for n, i in enumerate(ids) if i in ids[:n])
+        raise DataError(f"extra_items.item_ids: item {dup!r} appears more than once")
+    for key, flags in (("available", available), ("has_features", has)):
+        if not isinstance(flags, list) or len(flags) != len(ids) or not all(type(f) is bool for f in flags):
+            raise DataError(f"extra_items.{key}: expected a list of {len(ids)} booleans (one per item id)")
+    assert isinstance(has, list) and isinstance(available, list)
+    blocks = extra.get("features") or {}
+    if not isinstance(blocks, Mapping):
+        raise DataError(f"extra_items.features: expected an object, got {type(blocks).__name__}")
+    unknown = [m for m in blocks if m not in all_modalities]
+    if unknown:
+        raise DataError(
+            f"extra_items.features: unknown modality {unknown[0]!r}; the dataset's modalities: "
+            f"{', '.join(all_modalities) or 'none'}"
+        )
+    with_features = [i for i, h in zip(ids, has, strict=True) if h]
+    index = {ext: i for i, ext in enumerate(item_ids)}
+    new_ids = [i for i in ids if i not in index]
+    # A new item needs a row in every loaded modality: refuse (naming it) rather than train a zero
+    # row, which the unnormalised projections would turn into a degenerate item.
+    for m in features:
+        if new_ids and m not in blocks:
+            raise DataError(
+                f"extra_items: new item {new_ids[0]!r} has no {m!r} features "
+                f"(every new item needs a row for each of {list(features)})"
+            )
+    without = [i for i, h in zip(ids, has, strict=True) if not h and i not in index]
+    if without and features:
+        raise DataError(
+            f"extra_items: new item {without[0]!r} has no features (has_features false); the dataset "
+            f"has modalities {list(features)}, so a new item needs a row for each"
+        )
+    decoded = {
+        m: _decode_feature_block(m, block, len(with_features), int(features[m].shape[1]))
+        for m, block in blocks.items()
+        if m in features  # a modality of the folder that this load leaves out is not needed
+    }
+    row_of = {ext: r for r, ext in enumerate(with_features)}
+    updated = [i for i in with_features if i in index]
+    out: dict[str, np.ndarray] = {}
+    for m, f in features.items():
+        if m not in decoded:
+            out[m] = f
+            continue
+        rows = decoded[m]
+        f = f.copy()
+        if updated:
+            f[[index[i] for i in updated]] = rows[[row_of[i] for i in updated]]
+        out[m] = np.concatenate([f, rows[[row_of[i] for i in new_ids]]]) if new_ids else f
+    stats = {
+        "items": len(ids),
+        "added": len(new_ids),
+        "updated": len(updated) if decoded else 0,
+        "unavailable": int(sum(1 for a in available if not a)),
+    }
+    digest = hashlib.sha256()
+    for m in sorted(decoded):
+        digest.update(f"{m}\0".encode() + decoded[m].tobytes())
+    canonical = json.dumps(
+        {"item_ids": ids, "has_features": has, "features": digest.hexdigest()}, separators=(",", ":")
+    ).encode()
+    return item_ids + new_ids, out, stats, canonical
+
+
 def load_dataset(
     root: str | Path,
     *,
     extra_train: Mapping[str, Sequence[str]] | None = None,
+    extra_items: Mapping[str, Any] | None = None,
     modalities: Sequence[str] | None = None,
 ) -> Dataset:
     """Read and validate the dataset folder ``root``.
@@ -534,6 +651,17 @@ def load_dataset(
     already in train are ignored. A pair that is in val/test for that user is REMOVED from val/test:
     the user has now interacted with the item, so it is no longer a held-out interaction, and
     keeping it would make train and the evaluation splits overlap.
+
+    ``extra_items`` is the service's ``Catalogue.retrain_items()``: items added or re-featured
+    through ``PUT /items`` (``item_ids``, ``available``, ``has_features`` per item; ``features[m]``
+    a base64 little-endian float32 matrix of the rows of the items with ``has_features``). It is
+    applied before ``extra_train``, so fresh interactions may name the new items. An id not in the
+    dataset becomes a NEW item appended after the existing ones (in the spec's order) with its rows
+    from the spec; a new item must carry a row for every loaded modality (else a DataError naming
+    it: no zero rows). An existing item with features gets its rows replaced. Availability does not
+    matter here (an unavailable item's interactions are real; the service keeps hiding it). Wrong
+    dtype, shape or dimension, bad base64, NaN/inf and unknown modalities are one DataError naming
+    ``extra_items`` and the field. The fingerprint covers the ids and the decoded rows.
     """
     root = Path(root)
     if not root.is_dir():
@@ -625,6 +753,15 @@ def load_dataset(
     item_ids = file_item_ids if file_item_ids is not None else [str(i) for i in range(n_items)]
     item_index = None if file_item_ids is None else {ext: i for i, ext in enumerate(file_item_ids)}
     train, val, test = inter["train"], inter["val"], inter.get("test")
+    item_stats: dict[str, int] = {}
+    if extra_items is not None:
+        item_ids, features, item_stats, canonical_items = _apply_extra_items(
+            extra_items, item_ids, features, list(available)
+        )
+        n_items = len(item_ids)
+        item_index = {ext: i for i, ext in enumerate(item_ids)}
+        hasher.update(b"extra_items\0" + canonical_items)
+        logger.info("extra_items folded in: %s", item_stats)
     stats: dict[str, int] = {}
     if extra_train is not None:
         user_ids, train, val, test, stats, canonical = _apply_extra_train(
@@ -646,6 +783,7 @@ def load_dataset(
         features=features,
         fingerprint=hasher.hexdigest(),
         extra_train_stats=stats,
+        extra_items_stats=item_stats,
         user_ids_from_file=file_user_ids is not None,
     )
     logger.info("loaded dataset %s", dataset.summary())

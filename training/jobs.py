@@ -5,7 +5,16 @@ The service refers to :func:`retrain_job` by its dotted name (RQ) or runs ``pyth
 
 spec = {"job_id", "data_dir", "artifact_root", "config": path | None, "overrides": {key: value},
         "extra_interactions": {external_user_id: [external_item_id, ...]},
+        "extra_items": None | {"item_ids": [...], "available": [bool], "has_features": [bool],
+                       "features": {modality: {"dtype": "float32", "shape": [n, D_m], "base64": ...}}},
         "tolerance": float, "force": bool, "status_file": path | None, "run_root": path | None}
+
+``extra_items`` is the service's ``Catalogue.retrain_items()`` (items put through ``PUT /items``):
+ids not in the dataset become new item rows with the spec's features, existing ids with features
+get their rows replaced, and ``extra_interactions`` may name either (``training.data.load_dataset``).
+A new item lacking a modality's row, or a malformed block, fails the job with one DataError naming
+it. Unavailable items train like the others; the service keeps them hidden after the swap. The
+result's ``items`` says how many were added / updated.
 """
 
 from __future__ import annotations
@@ -160,7 +169,12 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
     report({"stage": "loading", "epoch": 0})
     overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("overrides") or {}).items()]
     cfg = load_config(spec.get("config"), overrides)
-    dataset = load_dataset(spec["data_dir"], extra_train=spec.get("extra_interactions") or None)
+    dataset = load_dataset(
+        spec["data_dir"],
+        extra_train=spec.get("extra_interactions") or None,
+        extra_items=spec.get("extra_items") or None,
+    )
+    items = {"added": 0, "updated": 0, **dataset.extra_items_stats}
     n_extra = sum(len(v) for v in (spec.get("extra_interactions") or {}).values())
     root = Path(spec["artifact_root"])
     parent = read_current(root)
@@ -183,6 +197,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
             notes={
                 "job_id": job_id,
                 "extra_interactions": n_extra,
+                "extra_items": items,
             },
         )
     finally:
@@ -208,6 +223,7 @@ def retrain_job(spec: dict[str, Any]) -> dict[str, Any]:
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - t0, 2),
+        "items": items,
     }
 
 
