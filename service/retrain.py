@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
@@ -40,7 +41,8 @@ from service.errors import (
 from service.jobrunner import JOB_RUNNER_FUNC, LOCK_RELEASE_SCRIPT, read_status, write_status
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.settings import Settings
+from service.overrides import check_overrides
+from service.settings import TRAINER_JOB_FUNC, Settings
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -324,6 +326,13 @@ class Retrainer:
         s = self.settings
         if s.retrain_data_dir is None:
             raise RetrainNotConfiguredError("retraining is not configured: set RETRAIN_DATA_DIR")
+        serving = self.manager.current
+        # the manifest's schema is the real trainer's: a custom job function reads its own overrides
+        if overrides and serving is not None and s.retrain_job_func == TRAINER_JOB_FUNC:
+            manifest = serving.artifact.manifest
+            bad = check_overrides(overrides, manifest.model_config, manifest.train_config)
+            if bad:
+                raise RequestValidationError(bad)
         job_id = new_job_id()
         extra = await self.store.fresh_snapshot()
         spec = {

@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The real trainer's retrain job (training/jobs.py), named so the API never imports it.
+TRAINER_JOB_FUNC = "training.jobs.retrain_job"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
@@ -113,7 +116,7 @@ class Settings(BaseSettings):
         default=0.005, ge=0, description="Promote when val Recall@20 >= serving's minus this."
     )
     retrain_job_func: str = Field(
-        default="training.jobs.retrain_job", description="Dotted name of the job function the worker runs."
+        default=TRAINER_JOB_FUNC, description="Dotted name of the job function the worker runs."
     )
     retrain_queue: str = Field(default="mmssl-retrain", min_length=1, description="RQ queue name.")
     retrain_timeout_s: int = Field(default=6 * 3600, ge=10, description="A job running longer is killed.")

@@ -351,6 +351,15 @@ def test_retrain_end_to_end_with_the_real_trainer(
     model = client.get("/model").json()
     assert model["n_items"] == 60 and model["dim"] == 16
 
+    # overrides are checked against the serving model's trainer config before a job is queued
+    bad = {"epochz": 3, "model.omega": "high", "n_items": 5, "lr": True}
+    r = client.post("/retrain", json={"overrides": bad}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    by_key = {e["loc"][-1]: e["msg"] for e in r.json()["detail"]}
+    assert set(by_key) == set(bad)
+    assert "did you mean 'epochs'" in by_key["epochz"] and "must be float" in by_key["model.omega"]
+    assert "set from the data" in by_key["n_items"] and "must be float" in by_key["lr"]
+
     artifact = contract.load_artifact(store_root / first["model_version"])
     user = next(u for i, u in enumerate(artifact.arrays.user_ids) if artifact.user_items(i).size)
     r = client.post("/recommend", json={"user_id": user, "k": 5}).json()
@@ -362,7 +371,7 @@ def test_retrain_end_to_end_with_the_real_trainer(
     cold = client.post("/recommend", json={"user_id": "brand-new", "interactions": fresh, "k": 5}).json()
     assert cold["path"] == "fold_in"
 
-    second = run({"force": True})
+    second = run({"force": True, "overrides": {"train.epochs": 2, "omega": 0.5}})
     assert second["promoted"] is True and second["model_version"] != first["model_version"]
     _wait_version(client.get, second["model_version"])
     assert contract.read_manifest(store_root / second["model_version"]).notes["extra_interactions"] == 2
