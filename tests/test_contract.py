@@ -1,0 +1,344 @@
+"""The artifact contract's own checks, one test each: checksums of every file, the manifest's file
+list, the CSR validation, the version-name guard, the manifest fields, and the promotion decision.
+
+numpy only (no torch): artifacts are written with the real contract from tests/service/svc_artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from artifact import contract
+from artifact.contract import ArtifactError, load_artifact, promotion_decision
+from tests.service import svc_artifacts
+
+
+def _writable_copy(path: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / ("copy-" + path.name)
+    shutil.copytree(path, copy)
+    for p in copy.iterdir():
+        os.chmod(p, 0o644)
+    return copy
+
+
+def _rewrite_manifest(path: Path, edit) -> None:
+    manifest = json.loads((path / contract.MANIFEST).read_text())
+    edit(manifest)
+    (path / contract.MANIFEST).write_text(json.dumps(manifest))
+
+
+def _replace_array(path: Path, name: str, arr: np.ndarray) -> None:
+    """Swap one array and update its manifest entry, so only the contract's own checks can object."""
+    np.save(path / name, arr, allow_pickle=False)
+
+    def edit(m):
+        m["files"][name] = {
+            "sha256": contract.sha256_file(path / name),
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+        }
+
+    _rewrite_manifest(path, edit)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return svc_artifacts.write(tmp_path_factory.mktemp("store"), seed=1, n_users=12, n_items=30, dim=4)
+
+
+def test_a_valid_artifact_loads_with_every_array_as_written(artifact: Path) -> None:
+    manifest, arrays = svc_artifacts.build(seed=1, n_users=12, n_items=30, dim=4)
+    art = load_artifact(artifact)
+    assert art.version == artifact.name
+    assert art.arrays.user_ids == arrays.user_ids and art.arrays.item_ids == arrays.item_ids
+    np.testing.assert_array_equal(art.arrays.user_embeddings, arrays.user_embeddings)
+    np.testing.assert_array_equal(art.arrays.item_layer_embeddings, arrays.item_layer_embeddings)
+    np.testing.assert_array_equal(art.arrays.modality_features["audio"], arrays.modality_features["audio"])
+    assert art.arrays.train_indices.dtype == np.int32 and art.arrays.train_indptr.dtype == np.int64
+    np.testing.assert_array_equal(
+        art.user_items(3), arrays.train_indices[arrays.train_indptr[3] : arrays.train_indptr[4]]
+    )
+    assert art.manifest.omega == manifest.omega and art.manifest.val_recall20() == pytest.approx(0.10)
+
+
+def _file_names() -> list[str]:
+    names = [
+        contract.USER_IDS,
+        contract.ITEM_IDS,
+        contract.USER_EMB,
+        contract.ITEM_EMB,
+        contract.USER_ID_EMB,
+        contract.ITEM_LAYER_EMB,
+        contract.TRAIN_INDPTR,
+        contract.TRAIN_INDICES,
+        contract.ITEM_POPULARITY,
+    ]
+    return names + [contract.modality_file(m) for m in svc_artifacts.MODALITIES]
+
+
+def test_the_manifest_lists_exactly_the_contract_files(artifact: Path) -> None:
+    assert sorted(contract.read_manifest(artifact).files) == sorted(_file_names())
+    assert sorted(p.name for p in artifact.iterdir()) == sorted([*_file_names(), contract.MANIFEST])
+
+
+@pytest.mark.parametrize("name", _file_names())
+def test_every_file_is_checksum_verified(artifact: Path, tmp_path: Path, name: str) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    svc_artifacts.tamper(copy, name)
+    with pytest.raises(ArtifactError, match=f"{name}: sha256 mismatch"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize("name", _file_names())
+def test_every_contract_file_must_be_listed_in_the_manifest(
+    artifact: Path, tmp_path: Path, name: str
+) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _rewrite_manifest(copy, lambda m: m["files"].pop(name))
+    with pytest.raises(ArtifactError, match=f"files missing from manifest: \\['{name}'\\]"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize("name", [contract.USER_EMB, contract.ITEM_IDS, contract.modality_file("audio")])
+def test_a_listed_file_that_is_missing_is_named(artifact: Path, tmp_path: Path, name: str) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    (copy / name).unlink()
+    with pytest.raises(ArtifactError, match=f"{name}: listed in the manifest but missing"):
+        load_artifact(copy)
+
+
+def test_shape_dtype_and_id_count_are_checked_against_the_manifest(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _rewrite_manifest(copy, lambda m: m["files"][contract.ITEM_EMB].update(shape=[30, 5]))
+    with pytest.raises(ArtifactError, match=r"item_embeddings.npy: shape \(30, 4\) != manifest \(30, 5\)"):
+        load_artifact(copy)
+    copy = _writable_copy(artifact, tmp_path / "b")
+    _rewrite_manifest(copy, lambda m: m["files"][contract.ITEM_EMB].update(dtype="float64"))
+    with pytest.raises(ArtifactError, match="item_embeddings.npy: dtype float32 != manifest float64"):
+        load_artifact(copy)
+    copy = _writable_copy(artifact, tmp_path / "c")
+    _rewrite_manifest(copy, lambda m: m["files"][contract.USER_IDS].update(shape=[13]))
+    with pytest.raises(ArtifactError, match="user_ids.json: expected a list of 13 ids"):
+        load_artifact(copy)
+
+
+def test_arrays_that_disagree_with_the_manifest_sizes_are_refused(artifact: Path, tmp_path: Path) -> None:
+    # consistent checksums, but 11 users' embeddings for a manifest of 12 users
+    copy = _writable_copy(artifact, tmp_path)
+    _replace_array(copy, contract.USER_EMB, np.zeros((11, 4), dtype=np.float32))
+    with pytest.raises(ArtifactError, match=r"inconsistent artifact: .*user_embeddings shape \(11, 4\)"):
+        load_artifact(copy)
+
+
+def _csr_case(artifact: Path, tmp_path: Path, indptr=None, indices=None) -> Path:
+    copy = _writable_copy(artifact, tmp_path)
+    if indptr is not None:
+        _replace_array(copy, contract.TRAIN_INDPTR, np.asarray(indptr, dtype=np.int64))
+    if indices is not None:
+        _replace_array(copy, contract.TRAIN_INDICES, np.asarray(indices, dtype=np.int32))
+    return copy
+
+
+def test_csr_row_pointer_is_validated(artifact: Path, tmp_path: Path) -> None:
+    art = load_artifact(artifact)
+    indptr, nnz = art.arrays.train_indptr, len(art.arrays.train_indices)
+    cases = {
+        "starts at 1": np.concatenate([[1], indptr[1:]]),
+        "ends short": np.concatenate([indptr[:-1], [nnz - 1]]),
+        "decreases": np.concatenate([indptr[:3], [indptr[2] - 1], indptr[4:]]),
+    }
+    assert cases["decreases"][-1] == nnz and cases["decreases"][0] == 0 and indptr[2] >= 1
+    for label, bad in cases.items():
+        copy = _csr_case(artifact, tmp_path / label.replace(" ", "-"), indptr=bad)
+        with pytest.raises(ArtifactError, match="train_indptr.npy: not a valid CSR row pointer"):
+            load_artifact(copy)
+
+
+@pytest.mark.parametrize("bad_item", [-1, 30, 1000])
+def test_csr_item_indices_must_be_in_range(artifact: Path, tmp_path: Path, bad_item: int) -> None:
+    indices = load_artifact(artifact).arrays.train_indices.copy()
+    indices[4] = bad_item
+    copy = _csr_case(artifact, tmp_path, indices=indices)
+    with pytest.raises(ArtifactError, match="train_indices.npy: item index out of range"):
+        load_artifact(copy)
+
+
+def test_the_last_valid_item_index_is_accepted(artifact: Path, tmp_path: Path) -> None:
+    indices = load_artifact(artifact).arrays.train_indices.copy()
+    indices[-1] = 29  # n_items - 1
+    assert load_artifact(_csr_case(artifact, tmp_path, indices=indices)).arrays.train_indices[-1] == 29
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("n_items"), r"missing keys \['n_items'\]"),
+        (lambda m: m.update(format_version=2), "format_version 2 is not supported"),
+        (lambda m: m.update(graph_norm="rw"), "graph_norm 'rw' not in"),
+        (lambda m: m["files"][contract.USER_EMB].pop("sha256"), "malformed 'files' entry"),
+    ],
+)
+def test_manifest_fields_are_checked(artifact: Path, tmp_path: Path, edit, message: str) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _rewrite_manifest(copy, edit)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(copy)
+
+
+def test_unreadable_or_absent_manifest(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    (copy / contract.MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable manifest"):
+        load_artifact(copy)
+    (copy / contract.MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="manifest is not a JSON object"):
+        load_artifact(copy)
+    (copy / contract.MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="manifest not found"):
+        load_artifact(copy)
+
+
+# ------------------------------------------------------------------------------------ version names
+
+
+@pytest.mark.parametrize("bad", ["../escape", "", ".hidden", "a/b", "-dash", "x" * 129, "sp ace", "v\n"])
+def test_write_refuses_version_names_that_are_not_plain_directory_names(tmp_path: Path, bad: str) -> None:
+    root = tmp_path / "store" / "inner"
+    manifest, arrays = svc_artifacts.build(version="placeholder", n_users=5, n_items=12, dim=2)
+    manifest.model_version = bad
+    with pytest.raises(ArtifactError, match="invalid model version name"):
+        contract.write_artifact(root, manifest, arrays)
+    assert not (tmp_path / "store").exists()  # nothing written, not even the root
+    with pytest.raises(ArtifactError, match="invalid model version name"):
+        contract.set_current(tmp_path, bad)
+
+
+def test_good_version_names_pass_the_guard() -> None:
+    for good in ["a", "x" * 128, "20261202T050000Z-0a1b2c3d", "v1.2_rc-3", contract.new_model_version()]:
+        assert contract.check_version_name(good) == good
+
+
+def test_new_model_versions_sort_by_time_and_are_unique() -> None:
+    from datetime import UTC, datetime
+
+    early = contract.new_model_version(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = contract.new_model_version(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
+    assert early.startswith("20260102T030405Z-") and len(early) == len("20260102T030405Z-") + 8
+    assert early < late
+    assert len({contract.new_model_version() for _ in range(50)}) == 50
+
+
+# ------------------------------------------------------------------------------------ write + store
+
+
+def test_write_refuses_an_existing_version_and_leaves_no_temporary_directory(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    path = svc_artifacts.write(root, set_current=False, version="v1", n_users=5, n_items=12, dim=2)
+    before = contract.sha256_file(path / contract.USER_EMB)
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2, seed=5)
+    with pytest.raises(ArtifactError, match="v1 already exists: artifacts are immutable"):
+        contract.write_artifact(root, manifest, arrays)
+    assert contract.sha256_file(path / contract.USER_EMB) == before
+    assert sorted(p.name for p in root.iterdir()) == ["v1"]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o444" for p in path.iterdir())
+    assert oct(path.stat().st_mode & 0o777) == "0o755"
+
+
+def test_write_refuses_non_finite_embeddings(tmp_path: Path) -> None:
+    for field in ("user_embeddings", "item_embeddings", "user_id_side"):
+        manifest, arrays = svc_artifacts.build(version=f"v-{field}", n_users=5, n_items=12, dim=2)
+        getattr(arrays, field)[1, 0] = np.nan
+        with pytest.raises(ArtifactError, match=f"{field} holds NaN or inf"):
+            contract.write_artifact(tmp_path, manifest, arrays)
+    assert contract.list_versions(tmp_path) == []
+
+
+def test_set_current_verifies_the_version_and_read_current_reads_it(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    assert contract.read_current(root) is None and contract.list_versions(root) == []
+    svc_artifacts.write(root, set_current=False, version="v1", n_users=5, n_items=12, dim=2)
+    bad = svc_artifacts.write(root, set_current=False, version="v2", n_users=5, n_items=12, dim=2)
+    contract.set_current(root, "v1")
+    assert contract.read_current(root) == "v1"
+    assert oct((root / contract.CURRENT).stat().st_mode & 0o777) == "0o644"
+    svc_artifacts.tamper(bad)
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        contract.set_current(root, "v2")
+    assert contract.read_current(root) == "v1"
+    assert contract.list_versions(root) == ["v1", "v2"]
+    (root / contract.CURRENT).write_text("\n")
+    assert contract.read_current(root) is None
+
+
+# ------------------------------------------------------------------------------------ promotion
+
+
+def _store(tmp_path: Path, serving: float | None, candidate: float | None, with_current: bool = True) -> Path:
+    root = tmp_path / "store"
+    svc_artifacts.write(
+        root, set_current=with_current, version="serving", recall=serving, n_users=5, n_items=12, dim=2
+    )
+    svc_artifacts.write(
+        root, set_current=False, version="candidate", recall=candidate, n_users=5, n_items=12, dim=2
+    )
+    return root
+
+
+# Binary-exact values (0.5, 0.25, 0.125 ...), so that a boundary compares exactly.
+@pytest.mark.parametrize(
+    ("serving", "candidate", "tolerance", "promoted"),
+    [
+        (0.5, 0.625, 0.0, True),  # better
+        (0.5, 0.5, 0.0, True),  # equal counts as not worse
+        (0.5, 0.375, 0.0, False),  # worse, no tolerance
+        (0.5, 0.375, 0.125, True),  # worse by exactly the tolerance
+        (0.5, 0.25, 0.125, False),  # worse by more than the tolerance
+        (0.5, 0.5, -0.125, False),  # a negative tolerance demands an improvement of 0.125
+        (0.5, 0.625, -0.125, True),
+        (0.5, 0.5625, -0.125, False),
+    ],
+)
+def test_promotion_compares_val_recall_against_serving_minus_tolerance(
+    tmp_path: Path, serving: float, candidate: float, tolerance: float, promoted: bool
+) -> None:
+    root = _store(tmp_path, serving, candidate)
+    ok, reason = promotion_decision(root, "candidate", tolerance)
+    assert ok is promoted, reason
+    assert f"{candidate:.4f}" in reason and f"{serving:.4f}" in reason
+    assert ("worse" in reason) is (not promoted)
+    assert contract.read_current(root) == "serving"  # deciding never promotes
+
+
+def test_promotion_with_nothing_serving_and_when_forced(tmp_path: Path) -> None:
+    root = _store(tmp_path, 0.5, 0.125, with_current=False)
+    assert promotion_decision(root, "candidate", 0.0) == (True, "no model was serving")
+    contract.set_current(root, "serving")
+    assert promotion_decision(root, "candidate", 0.0)[0] is False
+    assert promotion_decision(root, "candidate", 0.0, force=True) == (True, "forced")
+
+
+@pytest.mark.parametrize(("serving", "candidate"), [(0.5, None), (None, 0.5), (None, None)])
+def test_a_missing_validation_metric_is_never_promoted_unforced(
+    tmp_path: Path, serving: float | None, candidate: float | None
+) -> None:
+    root = _store(tmp_path, serving, candidate)
+    ok, reason = promotion_decision(root, "candidate", 1.0)
+    assert ok is False
+    assert reason == f"cannot compare: val recall@20 missing (serving {serving}, candidate {candidate})"
+    assert promotion_decision(root, "candidate", 1.0, force=True) == (True, "forced")
+
+
+def test_val_recall20_reads_the_val_section_only() -> None:
+    manifest, _ = svc_artifacts.build(recall=None, n_users=3, n_items=12, dim=2)
+    assert manifest.val_recall20() is None
+    manifest.metrics = {"test": {"recall@20": 0.9}, "val": {"recall@10": 0.3}}
+    assert manifest.val_recall20() is None
+    manifest.metrics = {"val": {"recall@20": "0.25"}}
+    assert manifest.val_recall20() == 0.25
