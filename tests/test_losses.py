@@ -212,3 +212,17 @@ def test_gradient_penalty_of_a_quadratic_critic_depends_on_the_interpolation():
     point = alpha * real + (1 - alpha) * fake
     expected = ((point.norm(dim=1) - 1) ** 2).mean().item()
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("extreme", [0.0, 1.0])
+def test_gumbel_transform_stays_finite_at_the_ends_of_the_uniform_range(monkeypatch, extreme):
+    # torch.rand may return exactly 0 (and the clamp also guards 1): both logs must stay finite
+    def fake_rand(shape, generator=None, device=None, dtype=None):
+        return torch.full(shape, extreme, dtype=dtype, device=device)
+
+    monkeypatch.setattr(torch, "rand", fake_rand)
+    observed = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    rows = gumbel_transform(observed, 0.5)
+    assert torch.isfinite(rows).all()
+    # equal noise everywhere: the softmax of observed / tau alone
+    assert torch.allclose(rows, torch.softmax(observed / 0.5, dim=1), atol=1e-9)
