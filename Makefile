@@ -10,7 +10,7 @@ TIKTOK ?= ../shared/data/tiktok
 # The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
 EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo serve test lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
+.PHONY: install demo serve test mutation lint typecheck validate-docker topology lock-docker bench-train bench-quality bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ serve: install
 ## Lint, type-check and the whole test suite (what CI runs)
 test: install lint typecheck
 	$(BIN)/python -m pytest
+
+## Mutation testing of the core modules (not in CI: tens of minutes on 2 cores; see docs/TESTING.md)
+mutation: install
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MODULES)
 
 lint: install
 	$(BIN)/ruff check .

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     )
     retrain_queue: str = Field(default="mmssl-retrain", min_length=1, description="RQ queue name.")
     retrain_timeout_s: int = Field(default=6 * 3600, ge=10, description="A job running longer is killed.")
+    worker_heartbeat_s: int = Field(
+        default=10, ge=1, description="RQ worker: seconds between the heartbeats of a running job."
+    )
+    worker_heartbeat_grace_s: int = Field(
+        default=60, ge=1, description="RQ worker: a job whose heartbeat is this much overdue is abandoned."
+    )
     retrain_jobs_dir: Path | None = Field(
         default=None, description="Spec/status/log files of jobs; default ARTIFACT_ROOT/.jobs."
     )
