@@ -24,6 +24,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+_VECTOR_FUNCTIONS = (
+    "l2_normalize",
+    "modality_user_features",
+    "modality_side",
+    "fold_in_id_side",
+    "user_vector",
+)
+
 # name: (package directory, module file, test files, mutant-name globs or [] for every function)
 MODULES: dict[str, tuple[str, str, list[str], list[str]]] = {
     "losses": ("model", "model/losses.py", ["tests/test_losses.py"], []),
@@ -37,6 +45,13 @@ MODULES: dict[str, tuple[str, str, list[str], list[str]]] = {
         ["training.trainer.xǁTrainingStateǁ*"],
     ),
     "contract": ("artifact", "artifact/contract.py", ["tests/test_contract.py"], []),
+    # the contract's user-vector maths, checked against numpy references in the recommender tests
+    "contract-vectors": (
+        "artifact",
+        "artifact/contract.py",
+        ["tests/service/test_service_recommender.py"],
+        [f"artifact.contract.x_{f}__mutmut_*" for f in _VECTOR_FUNCTIONS],
+    ),
     "recommender": ("service", "service/recommender.py", ["tests/service/test_service_recommender.py"], []),
     "serving": ("service", "service/serving.py", ["tests/service/test_service_api.py"], []),
 }
@@ -77,6 +92,11 @@ use_git_change_detection = false
 """
     with open(workdir / "pyproject.toml", "a") as fh:
         fh.write(config)
+    # mutmut 3 leaves decorated functions alone; ``@torch.no_grad()`` changes no value these tests
+    # compare (their inputs do not require grad), so the scratch copy drops it to get them mutated.
+    target = workdir / module
+    lines = target.read_text().splitlines(keepends=True)
+    target.write_text("".join(ln for ln in lines if ln.strip() != "@torch.no_grad()"))
     return workdir
 
 

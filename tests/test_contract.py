@@ -342,3 +342,80 @@ def test_val_recall20_reads_the_val_section_only() -> None:
     assert manifest.val_recall20() is None
     manifest.metrics = {"val": {"recall@20": "0.25"}}
     assert manifest.val_recall20() == 0.25
+
+
+# ------------------------------------------------------------------------------------ write details
+
+
+def test_write_stores_the_contract_dtypes_whatever_the_input_dtypes(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    arrays.user_embeddings = arrays.user_embeddings.astype(np.float64)
+    arrays.item_embeddings = arrays.item_embeddings.astype(np.float64)
+    arrays.user_id_side = arrays.user_id_side.astype(np.float64)
+    arrays.item_layer_embeddings = arrays.item_layer_embeddings.astype(np.float64)
+    arrays.modality_features = {k: v.astype(np.float64) for k, v in arrays.modality_features.items()}
+    arrays.item_popularity = arrays.item_popularity.astype(np.int32)
+    arrays.train_indices = arrays.train_indices.astype(np.int64)
+    arrays.train_indptr = arrays.train_indptr.astype(np.int32)
+    art = load_artifact(contract.write_artifact(tmp_path / "a" / "b", manifest, arrays))  # parents made
+    a = art.arrays
+    for arr in (a.user_embeddings, a.item_embeddings, a.user_id_side, a.item_layer_embeddings):
+        assert arr.dtype == np.float32
+    assert {v.dtype for v in a.modality_features.values()} == {np.dtype(np.float32)}
+    assert a.item_popularity.dtype == np.int64 and a.train_indptr.dtype == np.int64
+    assert a.train_indices.dtype == np.int32
+    assert art.manifest.files[contract.USER_EMB].dtype == "float32"
+
+
+def test_ids_are_written_as_utf8_json_lists(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(
+        version="v1", n_users=3, n_items=12, dim=2, user_ids=["émile", "zoë", "u2"]
+    )
+    path = contract.write_artifact(tmp_path, manifest, arrays)
+    assert '"émile"' in (path / contract.USER_IDS).read_text(encoding="utf-8")
+    assert load_artifact(path).arrays.user_ids == ["émile", "zoë", "u2"]
+    assert contract.read_manifest(path).files[contract.USER_IDS].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda a: setattr(a, "user_ids", ["u0", "u0", *a.user_ids[2:]]), "user_ids are not unique"),
+        (lambda a: setattr(a, "item_ids", ["i0", "i0", *a.item_ids[2:]]), "item_ids are not unique"),
+        (lambda a: a.modality_features.pop("audio"), "modality names differ"),
+        (
+            lambda a: a.modality_features.update(audio=np.zeros((12, 3), dtype=np.float32)),
+            r"modality 'audio' shape \(12, 3\)",
+        ),
+        (
+            lambda a: setattr(a, "item_popularity", np.zeros(11, dtype=np.int64)),
+            r"item_popularity shape \(11,\)",
+        ),
+    ],
+)
+def test_write_refuses_inconsistent_arrays_with_a_message(tmp_path: Path, edit, message: str) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    edit(arrays)
+    with pytest.raises(ArtifactError, match=f"cannot write artifact: {message}"):
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    arrays.item_popularity = np.array(["x"] * 12)  # passes the shape check, fails astype(int64)
+    with pytest.raises(ValueError):
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert list(tmp_path.iterdir()) == []  # the temporary directory is removed
+
+
+def test_list_versions_skips_directories_without_a_manifest(tmp_path: Path) -> None:
+    svc_artifacts.write(tmp_path, set_current=False, version="v1", n_users=5, n_items=12, dim=2)
+    (tmp_path / ".tmp-half-written").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert contract.list_versions(tmp_path) == ["v1"]
+    assert contract.list_versions(tmp_path / "absent") == []
+
+
+def test_timestamps_are_utc() -> None:
+    assert contract.utc_now().endswith("+00:00")
