@@ -419,3 +419,70 @@ def test_list_versions_skips_directories_without_a_manifest(tmp_path: Path) -> N
 
 def test_timestamps_are_utc() -> None:
     assert contract.utc_now().endswith("+00:00")
+
+
+# ------------------------------------------------------------------------------------ user-vector maths
+
+
+def _tiny_artifact(tmp_path: Path, graph_norm: str) -> contract.Artifact:
+    manifest, arrays = svc_artifacts.build(
+        version=f"v-{graph_norm}", n_users=4, n_items=12, dim=2, n_layers=2
+    )
+    manifest.graph_norm = graph_norm
+    arrays.item_popularity = np.arange(12, dtype=np.int64)  # item 0 has degree 0 (counted as 1)
+    return load_artifact(contract.write_artifact(tmp_path, manifest, arrays))
+
+
+def test_modality_user_features_is_eq2_on_a_hand_example() -> None:
+    feats = np.array([[1.0, 2.0], [10.0, 10.0], [3.0, -2.0]], dtype=np.float32)
+    out = contract.modality_user_features(feats, [0, 2])
+    assert out.dtype == np.float32 and out.shape == (2,)
+    np.testing.assert_allclose(out, np.array([4.0, 0.0]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(contract.modality_user_features(feats, [1]), [10.0, 10.0])
+    empty = contract.modality_user_features(feats, [])
+    assert empty.dtype == np.float32 and empty.tolist() == [0.0, 0.0]
+
+
+def test_l2_normalize_rows_and_leaves_zero_vectors_at_zero() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    np.testing.assert_allclose(contract.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    np.testing.assert_allclose(contract.l2_normalize(x, axis=0)[:, 0], [1.0, 0.0, 0.0])
+    tiny = np.array([1e-13, 0.0])
+    np.testing.assert_allclose(contract.l2_normalize(tiny), tiny / 1e-12)  # eps bounds the norm below
+
+
+@pytest.mark.parametrize("graph_norm", ["paper", "symmetric"])
+def test_fold_in_id_side_on_a_hand_computed_example(tmp_path: Path, graph_norm: str) -> None:
+    art = _tiny_artifact(tmp_path, graph_norm)
+    layers = art.arrays.item_layer_embeddings.astype(np.float64)  # (L=2, 12, 2)
+    items = [0, 3, 7]
+    # paper: 1/sqrt(|N_u|); symmetric: 1/sqrt(|N_u| |N_i|), a degree of 0 counting as 1
+    degrees = np.ones(3) if graph_norm == "paper" else np.array([1.0, 3.0, 7.0])
+    w = 1 / np.sqrt(3 * degrees)
+    expected = sum(w[j] * layers[l, i] for l in range(2) for j, i in enumerate(items)) / 3
+    got = contract.fold_in_id_side(art, items)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    one = contract.fold_in_id_side(art, [5])
+    w5 = 1.0 if graph_norm == "paper" else 1 / np.sqrt(5)
+    np.testing.assert_allclose(one, w5 * (layers[0, 5] + layers[1, 5]) / 3, rtol=1e-5)
+    empty = contract.fold_in_id_side(art, [])
+    assert empty.dtype == np.float32 and empty.tolist() == [0.0, 0.0]
+
+
+def test_user_vector_is_float32_eq12_for_known_and_unknown_users(tmp_path: Path) -> None:
+    art = _tiny_artifact(tmp_path, "symmetric")
+    items = np.array([1, 4])
+    side = sum(
+        contract.l2_normalize(contract.modality_user_features(f, items).astype(np.float64))
+        for f in art.arrays.modality_features.values()
+    )
+    known = contract.user_vector(art, items, user_index=2)
+    assert known.dtype == np.float32
+    np.testing.assert_allclose(known, art.arrays.user_id_side[2] + art.manifest.omega * side, rtol=1e-5)
+    unknown = contract.user_vector(art, items)
+    assert unknown.dtype == np.float32
+    np.testing.assert_allclose(
+        unknown, contract.fold_in_id_side(art, items) + art.manifest.omega * side, rtol=1e-5
+    )
+    assert contract.modality_side(art, items).dtype == np.float32
