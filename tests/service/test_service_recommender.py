@@ -186,3 +186,32 @@ def test_unknown_item_lookup(artifact_path: Path) -> None:
     assert found.tolist() == [3, 5]
     assert unknown == ["nope", "i3x"]
     assert rec.item_ids(np.array([5, 3])) == ["i5", "i3"]
+
+
+def test_recommender_identity_and_plan_fields(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    assert rec.version == artifact_path.name and isinstance(rec.loaded_at, float)
+    train = rec.artifact.user_items(3)
+    outside = np.setdiff1d(np.arange(rec.n_items), train)[:2]
+    known = rec.plan("u3", np.array([], dtype=np.int64))
+    assert known.user_index == 3 and known.train_items.tolist() == train.tolist()
+    assert known.vector_items.size == 0
+    fresh = rec.plan("u3", outside)
+    assert fresh.train_items.tolist() == train.tolist()
+    assert fresh.vector_items.tolist() == np.union1d(train, outside).tolist()
+    fold = rec.plan("stranger", outside[::-1].copy())
+    assert fold.user_index is None and fold.vector_items.tolist() == sorted(outside.tolist())
+    _, scores = rec.top_k(None, 5, np.array([], dtype=np.int64))
+    assert scores.dtype == np.float32
+    found, _ = rec.lookup_items(["i1"])
+    assert found.dtype == np.int64
+
+
+def test_recommender_refuses_an_index_of_another_size(artifact_path: Path) -> None:
+    artifact = contract.load_artifact(artifact_path)
+    index = build_index(artifact.arrays.item_embeddings[:-1], IndexConfig(kind="flat"))
+    with pytest.raises(
+        ValueError,
+        match=f"index holds {artifact.manifest.n_items - 1} items, artifact {artifact.manifest.n_items}",
+    ):
+        Recommender(artifact, index)
