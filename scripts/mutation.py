@@ -45,11 +45,11 @@ MODULES: dict[str, tuple[str, str, list[str], list[str]]] = {
         ["training.trainer.xǁTrainingStateǁ*"],
     ),
     "contract": ("artifact", "artifact/contract.py", ["tests/test_contract.py"], []),
-    # the contract's user-vector maths, checked against numpy references in the recommender tests
+    # the contract's user-vector maths: hand examples, and numpy references in the recommender tests
     "contract-vectors": (
         "artifact",
         "artifact/contract.py",
-        ["tests/service/test_service_recommender.py"],
+        ["tests/test_contract.py", "tests/service/test_service_recommender.py"],
         [f"artifact.contract.x_{f}__mutmut_*" for f in _VECTOR_FUNCTIONS],
     ),
     "recommender": ("service", "service/recommender.py", ["tests/service/test_service_recommender.py"], []),
