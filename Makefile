@@ -15,7 +15,7 @@ TIKTOK ?= ../shared/data/tiktok
 # The evaluation split of the quality benchmarks (score a held-out file with EVAL=path/test.json).
 EVAL ?= $(TIKTOK)/val.json
 
-.PHONY: install demo demo-reset serve test lint typecheck validate-docker topology compose-test lock-docker bench-train bench-quality bench-coldstart bench-sensitivity bench-serve bench-scale soak clean
+.PHONY: install demo demo-reset serve test mutation lint typecheck validate-docker topology compose-test lock-docker bench-train bench-quality bench-coldstart bench-sensitivity bench-serve bench-scale soak clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ serve: install
 ## 127.0.0.1:6379 (TEST_REDIS_URL), or else a private redis-server that scripts/with_redis.py starts.
 test: install lint typecheck
 	$(BIN)/python scripts/with_redis.py -- $(BIN)/python -m pytest
+
+## Mutation testing of the core modules (not in CI: tens of minutes on 2 cores; see docs/TESTING.md)
+mutation: install
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MODULES)
 
 lint: install
 	$(BIN)/ruff check .

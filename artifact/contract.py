@@ -244,7 +244,7 @@ def new_model_version(now: datetime | None = None) -> str:
 
 
 def check_version_name(version: str) -> str:
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):  # not match: "$" also matches before a final newline
         raise ArtifactError(f"invalid model version name {version!r}")
     return version
 

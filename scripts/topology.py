@@ -59,7 +59,8 @@ TINY = {
 }
 # The retrain that gets killed must still be training when the kill comes.
 LONG_JOB = {"epochs": 500, "patience": 1000}
-RQ_HEARTBEAT_GRACE_S = 60  # RQ adds this to every heartbeat TTL (rq.worker.BaseWorker.get_heartbeat_ttl)
+WORKER_HEARTBEAT_S = 1  # the worker's heartbeat settings in the topology (service/worker.py)
+WORKER_HEARTBEAT_GRACE_S = 8
 
 
 class TopologyError(RuntimeError):
@@ -171,6 +172,10 @@ class Topology:
             RETRAIN_CONFIG=str(REPO / "configs" / "demo.yaml"),
             RETRAIN_OVERRIDES=json.dumps(TINY),
             MODEL_POLL_INTERVAL_S="0.5",
+            # A killed worker's job expires 1 + 8 s after its last heartbeat instead of RQ's 10 + 60:
+            # long enough for the checks made while it still reads running (about 2 s after the kill).
+            WORKER_HEARTBEAT_S=str(WORKER_HEARTBEAT_S),
+            WORKER_HEARTBEAT_GRACE_S=str(WORKER_HEARTBEAT_GRACE_S),
             FAISS_USE_GPU="false",
             LOG_LEVEL="WARNING",
         )

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A running job refreshes its lock this often (TTL 3x): a dead job frees it that soon.",
     )
+    worker_heartbeat_s: int = Field(
+        default=10, ge=1, description="RQ worker: seconds between the heartbeats of a running job."
+    )
+    worker_heartbeat_grace_s: int = Field(
+        default=60, ge=1, description="RQ worker: a job whose heartbeat is this much overdue is abandoned."
+    )
     retrain_jobs_dir: Path | None = Field(
         default=None, description="Spec/status/log files of jobs; default ARTIFACT_ROOT/.jobs."
     )

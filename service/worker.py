@@ -16,11 +16,28 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
+from rq.job import Job
 
 from service.logging import configure_logging, redact_url
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+class RetrainWorker(Worker):
+    """RQ's worker with the heartbeat grace as a setting instead of RQ's fixed 60 s.
+
+    A running job's registry entry expires ``heartbeat_grace_s`` after its last heartbeat (a beat
+    every ``job_monitoring_interval`` s); once expired, the API's read of the job marks it failed.
+    """
+
+    heartbeat_grace_s = 60
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = int(min(job.timeout - working_time, interval))
+        return int(interval) + self.heartbeat_grace_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("retrain worker starting", extra={"queue": queue.name, "redis": redact_url(settings.redis_url)})
     delay = 0.5
     while True:
-        # A 10 s heartbeat (RQ adds 60 s of grace) lets the API notice a killed worker within ~70 s.
-        worker = Worker([queue], connection=connection, job_monitoring_interval=10)
+        # A killed worker's job is noticed WORKER_HEARTBEAT_S + WORKER_HEARTBEAT_GRACE_S after its
+        # last heartbeat (70 s by default; the topology test sets a few seconds).
+        worker = RetrainWorker(
+            [queue], connection=connection, job_monitoring_interval=settings.worker_heartbeat_s
+        )
+        worker.heartbeat_grace_s = settings.worker_heartbeat_grace_s
         try:
             worker.work(burst=args.burst, logging_level=settings.log_level)
             return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,19 @@ import pytest
 
 from training.data import DataError, Interactions, load_dataset, load_split
 
-TIKTOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiktok"
-if not TIKTOK.is_dir():
-    TIKTOK = Path("/work/shared/data/tiktok")
+# The real data: $MMSSL_TIKTOK_DIR if set, else shared/ beside the checkout (CI and the worktrees lay
+# it out so), else /work/shared. The skip below names every place looked at.
+TIKTOK_CANDIDATES = [
+    Path(p)
+    for p in (
+        os.environ.get("MMSSL_TIKTOK_DIR", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "tiktok",
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "tiktok",
+        "/work/shared/data/tiktok",
+    )
+    if str(p)
+]
+TIKTOK = next((p for p in TIKTOK_CANDIDATES if (p / "train.json").is_file()), TIKTOK_CANDIDATES[0])
 
 N_ITEMS = 10
 
@@ -384,7 +395,12 @@ def test_load_split_errors(tmp_path):
         load_split(tmp_path / "missing.json", ds)
 
 
-@pytest.mark.skipif(not TIKTOK.is_dir(), reason="real TikTok data not available")
+@pytest.mark.skipif(
+    not (TIKTOK / "train.json").is_file(),
+    reason="real TikTok data not found: no train.json in "
+    + ", ".join(map(str, TIKTOK_CANDIDATES))
+    + " (set MMSSL_TIKTOK_DIR)",
+)
 def test_real_tiktok():
     ds = load_dataset(TIKTOK)
     assert (ds.n_users, ds.n_items) == (9308, 6710)

@@ -116,3 +116,54 @@ def test_per_user_metrics_average_to_rank_metrics_and_match_the_reference_user_b
         ref = _reference(user_emb, item_emb, train_rows, one, 5)
         assert per_user["recall@5"][j] == pytest.approx(ref["recall"])
         assert per_user["ndcg@5"][j] == pytest.approx(ref["ndcg"])
+
+
+def test_ndcg_caps_the_ideal_at_k_when_more_items_are_relevant_than_k():
+    # ranking 0..5; five relevant items {0, 2, 3, 4, 5}, K = 2 and 3
+    user = torch.tensor([[1.0]])
+    items = torch.tensor([[6.0], [5.0], [4.0], [3.0], [2.0], [1.0]])
+    m = rank_metrics(user, items, *_csr([[]]), *_csr([[0, 2, 3, 4, 5]]), ks=(2, 3))
+    # K = 2: hit at rank 1 only; the ideal has 2 hits, not 5
+    assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert m["recall@2"] == pytest.approx(1 / 5)
+    assert m["precision@2"] == pytest.approx(1 / 2)
+    # K = 3: hits at ranks 1 and 3
+    idcg3 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg3)
+    assert m["precision@3"] == pytest.approx(2 / 3)
+
+
+def test_metrics_average_over_users_with_targets_only():
+    # user 0: hit at rank 1 of 1 relevant; user 1: no target (ignored); user 2: 0 hits of 2
+    # (its scores are reversed: item 3 ranks first, and it is not relevant)
+    users = torch.tensor([[1.0], [1.0], [-1.0]])
+    items = torch.tensor([[3.0], [2.0], [1.0], [0.5]])
+    m = rank_metrics(users, items, *_csr([[], [], []]), *_csr([[0], [], [0, 1]]), ks=(1,))
+    assert m["n_users"] == 2
+    assert m["recall@1"] == pytest.approx((1 + 0) / 2)
+    assert m["ndcg@1"] == pytest.approx((1 + 0) / 2)
+
+
+def test_batched_metrics_equal_reference_with_long_target_lists():
+    rng = np.random.default_rng(1)
+    n_users, n_items = 23, 30
+    user_emb = torch.tensor(rng.normal(size=(n_users, 4)), dtype=torch.float32)
+    item_emb = torch.tensor(rng.normal(size=(n_items, 4)), dtype=torch.float32)
+    train_rows = [set(rng.choice(n_items, 3, replace=False).tolist()) for _ in range(n_users)]
+    target_rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if i not in train_rows[u]]
+        target_rows.append(set(rng.choice(pool, rng.integers(1, 12), replace=False).tolist()))
+    assert max(len(r) for r in target_rows) > 3  # more relevant items than K for some users
+    m = rank_metrics(
+        user_emb,
+        item_emb,
+        *_csr([list(r) for r in train_rows]),
+        *_csr([list(r) for r in target_rows]),
+        ks=(1, 3),
+        batch_users=5,
+    )
+    for k in (1, 3):
+        ref = _reference(user_emb, item_emb, train_rows, target_rows, k)
+        for name in ("recall", "precision", "ndcg"):
+            assert m[f"{name}@{k}"] == pytest.approx(ref[name], rel=1e-6), (name, k)

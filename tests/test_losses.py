@@ -111,3 +111,118 @@ def test_gradient_penalty_reaches_the_critic_parameters():
     gradient_penalty(critic, torch.randn(4, 2), torch.randn(4, 2)).backward()
     # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w|| = 2 * 4 * w / 5
     assert torch.allclose(critic.w.grad, torch.tensor([4.8, 6.4]))
+
+
+def test_info_nce_asymmetric_hand_example_fixes_the_denominator_axis():
+    # h_0 = h_1 = (1, 0), e_0 = (1, 0), e_1 = (0, 1), tau = 1: s(h_u', e_u) is not symmetric in
+    # (u', u), so summing over the wrong index gives another number.
+    h = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # h_1 not unit: the cosine normalises it
+    e = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    # user 0: positive s(h0, e0) = 1; sum_u' exp s(h_u', e0) = e + e, sum_u' exp s(e_u', e0) = e + 1
+    loss0 = math.log(3 * math.e + 1) - 1
+    # user 1: positive s(h1, e1) = 0; sum_u' exp s(h_u', e1) = 1 + 1, sum_u' exp s(e_u', e1) = 1 + e
+    loss1 = math.log(3 + math.e) - 0
+    assert cross_modal_info_nce(h, e, 1.0).item() == pytest.approx((loss0 + loss1) / 2, rel=1e-6)
+    # the temperature divides every similarity: tau = 0.5 doubles them
+    loss0_half = math.log(3 * math.e**2 + 1) - 2
+    loss1_half = math.log(3 + math.e**2)
+    assert cross_modal_info_nce(h, e, 0.5).item() == pytest.approx((loss0_half + loss1_half) / 2, rel=1e-6)
+
+
+def _info_nce_reference(h, e, tau):
+    """Eq. 11 written as loops over plain Python floats."""
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+            sum(x * x for x in a) * sum(y * y for y in b)
+        )
+
+    h, e = h.tolist(), e.tolist()
+    losses = []
+    for u in range(len(h)):
+        positive = math.exp(cos(h[u], e[u]) / tau)
+        denominator = sum(
+            math.exp(cos(h[v], e[u]) / tau) + math.exp(cos(e[v], e[u]) / tau) for v in range(len(h))
+        )
+        losses.append(-math.log(positive / denominator))
+    return sum(losses) / len(losses)
+
+
+def test_info_nce_equals_a_loop_reference_on_random_unequal_inputs():
+    g = torch.Generator().manual_seed(5)
+    for batch, tau in ((3, 0.5), (5, 0.2), (4, 1.3)):
+        h = torch.randn(batch, 6, generator=g, dtype=torch.float64) * torch.rand(
+            batch, 1, generator=g, dtype=torch.float64
+        )
+        e = torch.randn(batch, 6, generator=g, dtype=torch.float64) + 0.3
+        assert cross_modal_info_nce(h, e, tau).item() == pytest.approx(
+            _info_nce_reference(h, e, tau), rel=1e-9
+        )
+
+
+def test_bpr_loss_is_not_symmetric_in_its_arguments_and_averages():
+    pos = torch.tensor([3.0, -1.0, 0.5])
+    neg = torch.tensor([1.0, 0.0, 2.5])
+    expected = sum(math.log1p(math.exp(n - p)) for p, n in zip(pos.tolist(), neg.tolist(), strict=True)) / 3
+    assert bpr_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+    assert bpr_loss(neg, pos).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_l2_penalty_uses_the_first_tensors_batch_and_squares():
+    a = torch.tensor([[1.0, -2.0], [0.0, 3.0], [1.0, 1.0]])  # batch 3, sum of squares 16
+    b = torch.tensor([[-1.0, 0.5]])  # 1.25
+    assert l2_penalty(a, b).item() == pytest.approx((16 + 1.25) / 3)
+    assert l2_penalty(b, a).item() == pytest.approx((16 + 1.25) / 1)
+
+
+def test_gumbel_transform_keeps_dtype_and_adds_noise_before_the_temperature():
+    # with the same uniforms, softmax((A + g) / tau): recompute g from the generator's stream
+    g1 = torch.Generator().manual_seed(9)
+    observed = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    out = gumbel_transform(observed, 0.3, g1)
+    g2 = torch.Generator().manual_seed(9)
+    uniform = torch.rand(observed.shape, generator=g2, dtype=torch.float64).clamp(1e-10, 1.0 - 1e-7)
+    gumbel = -torch.log(-torch.log(uniform))
+    expected = torch.softmax((observed + gumbel) / 0.3, dim=1)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
+def test_wgan_objectives_on_unequal_batches():
+    real = torch.tensor([0.9, 0.5, 0.1])
+    fake = torch.tensor([0.3, 0.6, 0.0])
+    assert discriminator_loss(real, fake).item() == pytest.approx(0.3 - 0.5)
+    assert discriminator_loss(fake, real).item() == pytest.approx(0.5 - 0.3)
+    assert generator_loss(real).item() == pytest.approx(-0.5)
+
+
+def test_gradient_penalty_of_a_quadratic_critic_depends_on_the_interpolation():
+    # D(a) = 0.5 ||a||^2 has gradient a: the penalty is mean (||alpha r + (1 - alpha) f|| - 1)^2,
+    # with alpha drawn from torch's global generator, one per row.
+    class Quadratic(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (x * x).sum(1)
+
+    real = torch.tensor([[2.0, 0.0], [0.0, 4.0], [1.0, 1.0]])
+    fake = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, -1.0]])
+    torch.manual_seed(4)
+    got = gradient_penalty(Quadratic(), real, fake).item()
+    torch.manual_seed(4)
+    alpha = torch.rand(3, 1)
+    point = alpha * real + (1 - alpha) * fake
+    expected = ((point.norm(dim=1) - 1) ** 2).mean().item()
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("extreme", [0.0, 1.0])
+def test_gumbel_transform_stays_finite_at_the_ends_of_the_uniform_range(monkeypatch, extreme):
+    # torch.rand may return exactly 0 (and the clamp also guards 1): both logs must stay finite
+    def fake_rand(shape, generator=None, device=None, dtype=None):
+        return torch.full(shape, extreme, dtype=dtype, device=device)
+
+    monkeypatch.setattr(torch, "rand", fake_rand)
+    observed = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    rows = gumbel_transform(observed, 0.5)
+    assert torch.isfinite(rows).all()
+    # equal noise everywhere: the softmax of observed / tau alone
+    assert torch.allclose(rows, torch.softmax(observed / 0.5, dim=1), atol=1e-9)

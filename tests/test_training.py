@@ -23,6 +23,7 @@ from artifact.contract import (
 )
 from tests.conftest import FAST_OVERRIDES
 from training.config import ConfigError, load_config
+from training.export import export_checkpoint
 from training.trainer import BEST, HISTORY, LAST, TrainingState, load_checkpoint, model_from_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,19 +78,38 @@ def test_fold_in_equals_the_gnn_user_update_without_the_users_own_embedding(trai
 
 
 def test_export_holds_what_the_service_needs(trained_run):
-    dataset, _, _, path = trained_run
+    dataset, _, run_dir, path = trained_run
     art = load_artifact(path)
     m = art.manifest
     assert m.n_users == dataset.n_users and m.n_items == dataset.n_items
     assert m.modality_names == ["audio", "image"]
     assert m.dataset_fingerprint == dataset.fingerprint
-    assert m.val_recall20() is not None and 0 <= m.val_recall20() <= 1
+    # the manifest's metrics are best.pt's validation metrics, not a range
+    best = load_checkpoint(run_dir / BEST)
+    assert m.val_recall20() == best["val_metrics"]["recall@20"]
+    assert m.metrics["best_epoch"] == best["epoch"]
     assert art.arrays.user_ids == dataset.user_ids
     assert np.array_equal(art.arrays.item_popularity, dataset.train.item_counts(dataset.n_items))
     assert set(m.files) >= {"user_embeddings.npy", "modality_image.npy", "train_indptr.npy"}
     # immutable: files are read-only and a second export with the same version is refused
     assert not os.access(path / "user_embeddings.npy", os.W_OK) or os.geteuid() == 0
     assert oct((path / "user_embeddings.npy").stat().st_mode & 0o777) == "0o444"
+    with pytest.raises(ArtifactError, match="already exists: artifacts are immutable"):
+        export_checkpoint(run_dir / BEST, dataset, path.parent, version=path.name)
+    assert load_artifact(path).manifest.created_at == m.created_at  # the first export is untouched
+
+
+def test_export_refuses_a_checkpoint_trained_on_other_data(trained_run, tmp_path):
+    from training.data import load_dataset
+    from training.export import ExportError
+    from training.synthetic import write_synthetic
+
+    _, _, run_dir, _ = trained_run
+    other = load_dataset(write_synthetic(tmp_path / "other", n_users=120, n_items=90, seed=8))
+    store = tmp_path / "store"
+    with pytest.raises(ExportError, match="trained on dataset .* but the given data is"):
+        export_checkpoint(run_dir / BEST, other, store)
+    assert list_versions(store) == []
 
 
 def test_tampered_artifact_is_refused_naming_the_file(trained_run, tmp_path):
@@ -166,7 +186,16 @@ def test_cli_evaluate_reproduces_the_checkpoint_metrics_on_any_split(trained_run
         "evaluate", "--run", str(run_dir), "--data", str(tiny_data), "--split", str(tiny_data / "test.json")
     )
     assert res.returncode == 0, res.stderr
-    assert 0 <= json.loads(res.stdout)["recall@20"] <= 1
+    # the test split is scored, not the validation split again: recompute it in-process
+    from training.data import load_dataset, load_split
+    from training.trainer import evaluate_checkpoint
+
+    dataset = load_dataset(tiny_data)
+    expected = evaluate_checkpoint(run_dir / BEST, dataset, load_split(tiny_data / "test.json", dataset))
+    on_test = json.loads(res.stdout)
+    assert on_test["recall@20"] == pytest.approx(expected["recall@20"], abs=1e-9)
+    assert on_test["n_users"] == expected["n_users"]
+    assert on_test["recall@20"] != pytest.approx(metrics["recall@20"], abs=1e-9)
 
 
 @pytest.mark.parametrize(

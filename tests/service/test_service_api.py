@@ -132,6 +132,46 @@ def test_request_interactions_are_used_but_not_recorded(client: TestClient, arti
     assert client.post("/recommend", json={"user_id": "u6"}).json()["path"] == "known"
 
 
+def _scores_match(response: dict[str, Any], artifact: contract.Artifact, vector: np.ndarray) -> None:
+    got = _idx(_ids(response))
+    expected = artifact.arrays.item_embeddings[got].astype(np.float64) @ vector
+    np.testing.assert_allclose([it["score"] for it in response["items"]], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_request_interactions_never_read_or_write_the_cached_vector(
+    client: TestClient, artifact_path: Path
+) -> None:
+    """The cache holds the vector of the stored state; a request's own interactions bypass it both ways."""
+    artifact = contract.load_artifact(artifact_path)
+    train = artifact.user_items(7)
+    outside = np.setdiff1d(np.arange(artifact.manifest.n_items), train)
+    stored, extra = int(outside[0]), int(outside[5])
+    exported = artifact.arrays.user_embeddings[7].astype(np.float64)
+    plain = {"user_id": "u7", "k": 8, "exclude_seen": False}
+
+    first = client.post("/recommend", json=plain).json()  # caches the exported h_u
+    assert (first["path"], first["cache_hit"]) == ("known", False)
+    with_request = client.post("/recommend", json={**plain, "interactions": [f"i{extra}"]}).json()
+    assert (with_request["path"], with_request["cache_hit"]) == ("fresh", False)  # not the cached h_u
+    _scores_match(with_request, artifact, _eq12(artifact, 7, np.union1d(train, [extra])))
+    again = client.post("/recommend", json=plain).json()
+    assert (again["path"], again["cache_hit"]) == ("known", True)
+    _scores_match(again, artifact, exported)  # the request's vector was not written into the cache
+
+    # the same with stored fresh items: the cache then holds the stored-state vector
+    assert client.post("/interactions", json={"user_id": "u7", "items": [f"i{stored}"]}).status_code == 200
+    stored_vector = _eq12(artifact, 7, np.union1d(train, [stored]))
+    miss = client.post("/recommend", json=plain).json()
+    assert (miss["path"], miss["cache_hit"]) == ("fresh", False)
+    _scores_match(miss, artifact, stored_vector)
+    both = client.post("/recommend", json={**plain, "interactions": [f"i{extra}"]}).json()
+    assert (both["path"], both["cache_hit"]) == ("fresh", False)
+    _scores_match(both, artifact, _eq12(artifact, 7, np.union1d(train, [stored, extra])))
+    hit = client.post("/recommend", json=plain).json()
+    assert (hit["path"], hit["cache_hit"]) == ("fresh", True)
+    _scores_match(hit, artifact, stored_vector)
+
+
 def test_unknown_user_fold_in_and_popularity(client: TestClient, artifact_path: Path) -> None:
     artifact = contract.load_artifact(artifact_path)
     a, m = artifact.arrays, artifact.manifest

@@ -67,13 +67,37 @@ def test_approximate_indexes_find_the_true_neighbours(tmp_path: Path, kind: str)
     assert hits / 200 >= 0.8  # IVF probes 16 of ~44 lists; HNSW is near exact at this size
 
 
-def test_gpu_requested_without_gpu_falls_back_to_cpu(artifact_path: Path) -> None:
+def test_gpu_requested_without_gpu_falls_back_to_cpu(
+    artifact_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import index as index_module
+
+    monkeypatch.setattr(index_module, "gpu_available", lambda: False)  # whatever this machine has
     artifact = contract.load_artifact(artifact_path)
     index = build_index(artifact.arrays.item_embeddings, IndexConfig(kind="flat", use_gpu=True))
-    import faiss
+    assert index.on_gpu is False and index.describe()["gpu"] is False
+    assert index.ntotal == artifact.manifest.n_items and index.max_k == index.ntotal
+    query = np.random.default_rng(5).normal(size=artifact.manifest.dim).astype(np.float32)
+    scores, labels = index.search(query, artifact.manifest.n_items)
+    empty = np.array([], dtype=np.int64)
+    assert (
+        labels.tolist()
+        == _brute_force(artifact.arrays.item_embeddings, query, artifact.manifest.n_items, empty).tolist()
+    )
 
-    assert index.on_gpu == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
-    assert index.ntotal == artifact.manifest.n_items
+
+def test_gpu_index_equals_brute_force(artifact_path: Path) -> None:
+    from service.index import GPU_MAX_K, gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs a GPU: FAISS sees none")
+    artifact = contract.load_artifact(artifact_path)
+    index = build_index(artifact.arrays.item_embeddings, IndexConfig(kind="flat", use_gpu=True))
+    assert index.on_gpu is True and index.max_k == min(index.ntotal, GPU_MAX_K)
+    query = np.random.default_rng(6).normal(size=artifact.manifest.dim).astype(np.float32)
+    _, labels = index.search(query, 20)
+    empty = np.array([], dtype=np.int64)
+    assert labels.tolist() == _brute_force(artifact.arrays.item_embeddings, query, 20, empty).tolist()
 
 
 def test_paths(artifact_path: Path) -> None:
@@ -105,8 +129,19 @@ def test_fresh_vector_equals_independent_eq2_eq12(artifact_path: Path) -> None:
     expected = a.user_id_side[5] + omega * side
     assert vector is not None
     np.testing.assert_allclose(vector, expected, rtol=1e-5, atol=1e-5)
-    # with training items only, the same recipe reproduces the exported h_u
+    # the fresh items moved the vector away from the exported h_u ...
     assert not np.allclose(vector, a.user_embeddings[5], atol=1e-3)
+    # ... and with training items only, the same recipe reproduces the exported h_u
+    only_train = sum(
+        _normalize(feats[train].astype(np.float64).sum(0) / np.sqrt(len(train)))
+        for feats in a.modality_features.values()
+    )
+    np.testing.assert_allclose(
+        a.user_id_side[5] + omega * only_train, a.user_embeddings[5], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        contract.user_vector(rec.artifact, train, user_index=5), a.user_embeddings[5], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_fold_in_vector_equals_independent_recomputation(artifact_path: Path) -> None:
@@ -151,3 +186,32 @@ def test_unknown_item_lookup(artifact_path: Path) -> None:
     assert found.tolist() == [3, 5]
     assert unknown == ["nope", "i3x"]
     assert rec.item_ids(np.array([5, 3])) == ["i5", "i3"]
+
+
+def test_recommender_identity_and_plan_fields(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    assert rec.version == artifact_path.name and isinstance(rec.loaded_at, float)
+    train = rec.artifact.user_items(3)
+    outside = np.setdiff1d(np.arange(rec.n_items), train)[:2]
+    known = rec.plan("u3", np.array([], dtype=np.int64))
+    assert known.user_index == 3 and known.train_items.tolist() == train.tolist()
+    assert known.vector_items.size == 0
+    fresh = rec.plan("u3", outside)
+    assert fresh.train_items.tolist() == train.tolist()
+    assert fresh.vector_items.tolist() == np.union1d(train, outside).tolist()
+    fold = rec.plan("stranger", outside[::-1].copy())
+    assert fold.user_index is None and fold.vector_items.tolist() == sorted(outside.tolist())
+    _, scores = rec.top_k(None, 5, np.array([], dtype=np.int64))
+    assert scores.dtype == np.float32
+    found, _ = rec.lookup_items(["i1"])
+    assert found.dtype == np.int64
+
+
+def test_recommender_refuses_an_index_of_another_size(artifact_path: Path) -> None:
+    artifact = contract.load_artifact(artifact_path)
+    index = build_index(artifact.arrays.item_embeddings[:-1], IndexConfig(kind="flat"))
+    with pytest.raises(
+        ValueError,
+        match=f"index holds {artifact.manifest.n_items - 1} items, artifact {artifact.manifest.n_items}",
+    ):
+        Recommender(artifact, index)
