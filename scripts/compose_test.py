@@ -36,6 +36,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -68,6 +69,9 @@ TINY = {"embed_dim": 16, "n_heads": 2, "view_topk": 5, "disc_hidden": 32, "batch
 INIT_EPOCHS = 3
 RETRAIN = {**TINY, "epochs": 2}
 LONG_RETRAIN = {**TINY, "epochs": 500, "patience": 1000}
+# Items added by PUT /items in the "items" step, and their availability once the step has ended.
+ITEMS = ["ct-item-0", "ct-item-1", "ct-item-2"]
+ITEMS_AFTER = {"ct-item-0": True, "ct-item-1": False, "ct-item-2": True}
 # Expected state of each service once the stack is up: (container state, health) per container.
 EXPECTED = {
     "redis": ("running", "healthy"),
@@ -535,6 +539,115 @@ class Scenario:
             return None
         return v if v and set(v.values()) == {version} else None
 
+    # ------------------------------------------------------------------ items (PUT /items, issue 11)
+
+    def put_items(self, items: list[dict[str, Any]], retry_s: float = 0) -> dict[str, Any]:
+        """PUT /items through nginx; a 503 (Redis not reachable yet) is retried for retry_s."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            r = self.http.put(f"{self.stack.url}/items", json={"items": items}, headers=self.auth)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if r.status_code != 200 or r.json().get("applied") != len(items):
+            raise StepFailed(f"api: PUT /items answered {r.status_code} {r.text[:300]}")
+        return dict(r.json())
+
+    def items_on(self, url: str, want: Mapping[str, bool]) -> str | None:
+        """None when the replica at url serves every item of want with that availability (GET
+        /items/{id}) and no unavailable one in the similar items of an available one; else why not."""
+        for item_id, available in want.items():
+            r = self.http.get(f"{url}/items/{item_id}")
+            if r.status_code != 200:
+                return f"GET /items/{item_id} answered {r.status_code} {r.text[:200]}"
+            body = r.json()
+            if body.get("source") != "added" or body.get("available") is not available:
+                return f"GET /items/{item_id} answered {body}, expected added, available={available}"
+        anchor = next(i for i, a in want.items() if a)
+        r = self.post(url, f"/items/{anchor}/similar", {"k": 100})
+        if r.status_code != 200:
+            return f"POST /items/{anchor}/similar answered {r.status_code} {r.text[:200]}"
+        got = [i["item_id"] for i in r.json()["items"]]
+        if anchor in got or len(got) != 100:
+            return f"similar of {anchor}: {len(got)} items, itself {'in' if anchor in got else 'not in'} them"
+        hidden = [i for i, a in want.items() if not a and i in got]
+        if hidden:
+            return f"similar of {anchor} returned unavailable items {hidden}"
+        return None
+
+    def items_everywhere(self, want: Mapping[str, bool], within_s: float) -> dict[str, float]:
+        """Seconds until each replica (on its container address) serves want; StepFailed past within_s."""
+        t, pending, seen = time.monotonic(), dict(self.stack.replica_urls()), {}
+        why: dict[str, str | None] = {}
+        while pending:
+            for name, url in list(pending.items()):
+                why[name] = self.items_on(url, want)
+                if why[name] is None:
+                    seen[name] = time.monotonic() - t
+                    del pending[name]
+            if pending and time.monotonic() - t > within_s:
+                raise StepFailed(
+                    f"api: not every replica served the PUT /items change within {within_s:.0f}s: "
+                    + "; ".join(f"{n}: {why[n]}" for n in pending)
+                )
+            time.sleep(0.05)
+        return seen
+
+    def items_step(self) -> None:
+        """PUT /items through nginx: a batch of new items, served by every replica within 2 s,
+        scorable (similar, fold_in), then one made unavailable on every replica."""
+        s, url = self.stack, self.stack.url
+        model = self.http.get(f"{url}/model").json()
+        dims = {m["name"]: int(m["raw_dim"]) for m in model["modalities"]}
+        rng = random.Random(15)
+        base = {m: [round(rng.gauss(0, 1.5), 4) for _ in range(d)] for m, d in dims.items()}
+        other = {m: [round(rng.gauss(0, 1.5), 4) for _ in range(d)] for m, d in dims.items()}
+        # ct-item-1 has ct-item-0's features (the same content vector): its nearest neighbour.
+        batch = [
+            {"item_id": ITEMS[0], "features": base},
+            {"item_id": ITEMS[1], "features": base},
+            {"item_id": ITEMS[2], "features": other},
+        ]
+        anon = self.http.put(f"{url}/items", json={"items": batch})
+        if anon.status_code != 401:
+            raise StepFailed(f"api: PUT /items without the token answered {anon.status_code}, expected 401")
+        self.put_items(batch)
+        served = self.items_everywhere(dict.fromkeys(ITEMS, True), 2)
+        for name, rurl in s.replica_urls().items():
+            sim = [
+                i["item_id"]
+                for i in self.post(rurl, f"/items/{ITEMS[0]}/similar", {"k": 100}).json()["items"]
+            ]
+            if ITEMS[1] not in sim:
+                raise StepFailed(
+                    f"api: {name}: {ITEMS[1]} (same features) not in the 100 similar of {ITEMS[0]}"
+                )
+        fold = self.post(
+            url, "/recommend", {"user_id": "ct-items-user", "k": 100, "interactions": [ITEMS[0]]}
+        )
+        body = fold.json() if fold.status_code == 200 else {}
+        got = [i["item_id"] for i in body.get("items", [])]
+        if body.get("path") != "fold_in" or ITEMS[0] in got or len(got) != 100:
+            raise StepFailed(
+                f"api: /recommend folding in {ITEMS[0]} answered {fold.status_code} {fold.text[:300]}"
+            )
+        rank = got.index(ITEMS[1]) + 1 if ITEMS[1] in got else None
+        self.put_items([{"item_id": ITEMS[1], "available": False}])
+        hidden = self.items_everywhere(ITEMS_AFTER, 2)
+        again = self.post(
+            url, "/recommend", {"user_id": "ct-items-user", "k": 100, "interactions": [ITEMS[0]]}
+        )
+        if ITEMS[1] in {i["item_id"] for i in again.json()["items"]}:
+            raise StepFailed(f"api: /recommend returned {ITEMS[1]} after it was made unavailable")
+        widths = ", ".join(f"{m} {d}" for m, d in dims.items())
+        self.step(
+            "items",
+            f"PUT /items 401 without the token; {len(batch)} new items ({widths})"
+            f" served by {len(served)} replicas in {max(served.values()):.2f}s; similar excludes itself; "
+            f"fold_in on {ITEMS[0]}: {ITEMS[1]} at rank {rank} of 100; {ITEMS[1]} unavailable on every "
+            f"replica in {max(hidden.values()):.2f}s and gone from /recommend and similar",
+        )
+
     def run(self) -> None:
         s, url = self.stack, self.stack.url
         versions = self.readyz_all(replicas=2)
@@ -627,6 +740,8 @@ class Scenario:
             f"replicas on it: {', '.join(swapped)}",
         )
 
+        self.items_step()
+
         # --scale api=3.
         s.run("up", "-d", "--no-recreate", "--no-build", "--scale", "api=3")
         wait_until_up(s, EXPECTED, 180, replicas=3)
@@ -635,7 +750,12 @@ class Scenario:
             lambda: (v := self.all_on(second)) and len(v) == 3 and v,
             60,
         )
-        self.step("scale", f"--scale api=3: {len(scaled)} replicas ready on {second}")
+        replayed = self.items_everywhere(ITEMS_AFTER, 10)
+        self.step(
+            "scale",
+            f"--scale api=3: {len(scaled)} replicas ready on {second}, each serving the added items "
+            f"(the new one replayed them from the Redis stream) in {max(replayed.values()):.2f}s",
+        )
 
         # A replica killed under load: nginx retries another one.
         with Load(url, self.known) as load:
@@ -683,6 +803,20 @@ class Scenario:
         if load.failed or load.sent < 20:
             raise StepFailed(f"redis/api: Redis restarted under load: {load.summary()}")
         self.step("redis restarted", f"docker compose restart redis under load: {load.summary()}")
+        kept = self.items_everywhere(ITEMS_AFTER, 10)
+        self.put_items([{"item_id": ITEMS[2], "available": False}], retry_s=15)
+        after_restart = {**ITEMS_AFTER, ITEMS[2]: False}
+        changed = self.items_everywhere(after_restart, 2)
+        s.run("up", "-d", "--no-recreate", "--no-build", "--scale", "api=4")
+        wait_until_up(s, EXPECTED, 180, replicas=4)
+        wait_for("4 replicas ready", lambda: (v := self.all_on(second)) and len(v) == 4 and v, 90)
+        late = self.items_everywhere(after_restart, 10)
+        self.step(
+            "items after redis restart",
+            f"{len(kept)} replicas still serve the added items; a PUT after the restart reached them in "
+            f"{max(changed.values()):.2f}s; a replica started now (--scale api=4) replayed both batches "
+            f"from the append-only Redis: {len(late)} replicas agree",
+        )
 
         failed = wait_for(
             "the killed job to read failed (RQ heartbeat expiry, ~70 s)",
