@@ -21,9 +21,11 @@ What it does (docs/DEPLOY.md, "The compose test"):
 4. The scenario through nginx against the real containers (each step prints one line): /readyz on
    every replica; /recommend known / fresh / fold_in / popularity; /interactions on one replica seen
    on another; POST /retrain 401 without the token, promoted with it, every replica on the new
-   version; --scale api=3; a replica killed under load; the worker killed mid-retrain (job failed,
-   old model serving); Redis restarted under load; ``docker compose down -v`` leaves no container,
-   volume or network of the project.
+   version; PUT /items (new items on every replica within 2 s, similar and fold_in, one made
+   unavailable everywhere); --scale api=3 (the new replica replays the items); a replica killed under
+   load; the worker killed mid-retrain (job failed, old model serving); Redis restarted under load
+   (the items survive it; a replica started after it replays them); ``docker compose down -v``
+   leaves no container, volume or network of the project.
 
 Exit status 0 when every step held, 1 with the failed step's message otherwise. Everything the
 project started is removed on exit (unless --keep), failure included.

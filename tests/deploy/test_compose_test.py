@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -107,3 +111,60 @@ def test_without_an_engine_ci_skips_in_one_line_and_a_user_gets_a_failure(tmp_pa
     failed = run_without_docker(tmp_path)
     assert failed.returncode == 1
     assert "FAILED: no docker CLI" in failed.stdout
+
+
+class FakeStack:
+    """Two replicas on made-up container addresses; only what the items checks read."""
+
+    url = "http://proxy"
+
+    def replica_urls(self) -> dict[str, str]:
+        return {"api-1": "http://api-1", "api-2": "http://api-2"}
+
+
+def replica_handler(served: dict[str, dict[str, dict[str, bool]]]) -> Any:
+    """A replica per host: GET /items/{id} from served[host] (404 if absent), similar = every
+    other item it holds (available or not, as a broken replica would) padded to 100."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        items = served[request.url.host]
+        parts = request.url.path.strip("/").split("/")
+        item = parts[1]
+        if item not in items:
+            return httpx.Response(404, json={"detail": "no item"})
+        if request.method == "GET":
+            return httpx.Response(200, json={"item_id": item, "source": "added", **items[item]})
+        others = [i for i in items if i != item and items[i].get("shown", items[i]["available"])]
+        rows = [{"item_id": i, "score": 1.0} for i in [*others, *(str(n) for n in range(100))][:100]]
+        return httpx.Response(200, json={"item_id": item, "items": rows})
+
+    return handle
+
+
+def scenario_on(served: dict[str, dict[str, dict[str, bool]]]) -> ct.Scenario:
+    scenario = ct.Scenario(cast("ct.Stack", FakeStack()), "token")
+    scenario.http.close()
+    scenario.http = httpx.Client(transport=httpx.MockTransport(replica_handler(served)))
+    return scenario
+
+
+def test_items_checks_pass_only_when_every_replica_serves_the_change() -> None:
+    ok = {i: {"available": a} for i, a in ct.ITEMS_AFTER.items()}
+    assert set(ct.ITEMS_AFTER) == set(ct.ITEMS) and not all(ct.ITEMS_AFTER.values())
+    scenario = scenario_on({"api-1": ok, "api-2": ok})
+    assert scenario.items_on("http://api-1", ct.ITEMS_AFTER) is None
+    assert set(scenario.items_everywhere(ct.ITEMS_AFTER, 1)) == {"api-1", "api-2"}
+
+    # api-2 never saw the batch: a 404, and the step fails naming that replica only.
+    scenario = scenario_on({"api-1": ok, "api-2": {}})
+    with pytest.raises(ct.StepFailed, match=r"within 0s: api-2: GET /items/ct-item-0 answered 404"):
+        scenario.items_everywhere(ct.ITEMS_AFTER, 0.2)
+
+    # api-2 still says available / still returns the hidden item in similar.
+    stale = {**ok, "ct-item-1": {"available": True}}
+    assert "expected added, available=False" in str(
+        scenario_on({"x": stale}).items_on("http://x", ct.ITEMS_AFTER)
+    )
+    leaky = {**ok, "ct-item-1": {"available": False, "shown": True}}
+    why = scenario_on({"x": leaky}).items_on("http://x", ct.ITEMS_AFTER)
+    assert why == "similar of ct-item-0 returned unavailable items ['ct-item-1']"
