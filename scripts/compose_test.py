@@ -633,7 +633,9 @@ class Scenario:
             raise StepFailed(
                 f"api: /recommend folding in {ITEMS[0]} answered {fold.status_code} {fold.text[:300]}"
             )
-        rank = got.index(ITEMS[1]) + 1 if ITEMS[1] in got else None
+        if ITEMS[1] not in got:  # its twin: the same content vector, so near the top
+            raise StepFailed(f"api: /recommend folding in {ITEMS[0]} did not return {ITEMS[1]}: {got}")
+        rank = got.index(ITEMS[1]) + 1
         self.put_items([{"item_id": ITEMS[1], "available": False}])
         hidden = self.items_everywhere(ITEMS_AFTER, 2)
         again = self.post(
