@@ -154,6 +154,8 @@ def check_session(outputs: list[dict[str, Any]], serving: str, demo: Demo) -> st
     assert scores == sorted(scores, reverse=True)
     assert all(isinstance(it["item_id"], str) for it in rec["items"])
 
+    request_id = inter.pop("request_id")
+    assert isinstance(request_id, str) and len(request_id) >= 8
     assert inter == {"user_id": "3", "recorded": 2, "fresh_count": 2, "model_version": serving}
 
     assert fresh["model_version"] == serving and len(fresh["items"]) == 5
