@@ -145,3 +145,43 @@ def test_bad_weights_unknown_model_and_undecodable_image_are_one_line_errors(dat
     (data / "img" / "cold.jpg").write_bytes(b"not an image")
     r = encode_cli(data, f"torchvision:resnet18@{weights}")
     assert r.returncode == 2 and "cold.jpg: cannot decode image" in r.stderr
+
+
+def test_timm_local_weights_match_its_own_forward_and_the_hub_fails_in_one_line(data, tmp_path):
+    import_torchvision()
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False).eval()  # with its 1000-class head
+    path = tmp_path / "timm_resnet18.pth"
+    torch.save(net.state_dict(), path)
+    r = encode_cli(data, f"timm:resnet18@{path}")
+    assert r.returncode == 0, r.stderr
+    feats = np.load(data / "ds" / "image_feat.npy")
+    assert feats.dtype == np.float32 and feats.shape == (4, 512) and not feats[3].any()
+    cfg = resolve_data_config({}, model=net)  # resnet18: 224 crop at crop_pct 0.95, bicubic
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(
+                int(cfg["input_size"][1] / cfg["crop_pct"]), transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.CenterCrop(cfg["input_size"][1:]),
+            transforms.ToTensor(),
+            transforms.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
+    paths, _ = image_contents(ITEMS, folder=data / "img")
+    x = torch.stack([pipeline(Image.open(p).convert("RGB")) for p in paths[:3]])
+    with torch.no_grad():
+        expected = net.forward_head(net.forward_features(x), pre_logits=True).numpy()
+    np.testing.assert_allclose(feats[:3], expected, rtol=1e-4, atol=1e-5)
+    again = encode_cli(data, f"timm:resnet18@{path}")
+    assert again.returncode == 0 and np.array_equal(np.load(data / "ds" / "image_feat.npy"), feats)
+    offline = cli("encode", "--data", str(data / "ds"), "--kind", "image", "--encoder", "timm:resnet18",
+                  "--images", str(data / "img"), "--force", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+    errors = [ln for ln in offline.stderr.splitlines() if ln.startswith("error:")]
+    assert offline.returncode == 2 and len(errors) == 1, offline.stderr
+    assert "'resnet18'" in errors[0] and "--encoder timm:resnet18@/path/to/weights.pth" in errors[0]

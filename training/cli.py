@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=(
             "text: tfidf | packaged | model2vec:X | sentence-transformers:X; "
-            "image: histogram | torchvision:NAME[@WEIGHTS.pth]"
+            "image: histogram | torchvision:NAME[@WEIGHTS.pth] | timm:NAME[@WEIGHTS.pth]"
         ),
     )
     c.add_argument("--modality", help="name of the feature file (default: the kind)")

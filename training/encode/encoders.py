@@ -21,6 +21,9 @@ image
                                      standard transforms. ``@WEIGHTS`` is a local state-dict file
                                      (``.pth``); without it the default pre-trained weights come
                                      from the hub.
+  ``timm:NAME[@WEIGHTS]``            any timm model the same way (``num_classes=0``: pooled
+                                     pre-logits features; its data config's transforms);
+                                     ``@WEIGHTS`` is a local ``.pth``/``.safetensors`` file.
 
 A hub name on a machine without the hub fails in one line (:class:`EncodeError`).
 """
@@ -329,8 +332,48 @@ class TorchvisionImageEncoder:
         return out.reshape(len(batch), -1).numpy().astype(np.float32, copy=False)
 
 
+class TimmImageEncoder(TorchvisionImageEncoder):
+    """A timm model with ``num_classes=0`` (pooled pre-logits features), eval mode, no grad, CPU.
+
+    ``weights``: a local state-dict file (``.pth``, ``.bin`` or ``.safetensors``), loaded by timm's
+    own pretrained loader (which drops the classifier); None fetches the default pre-trained weights
+    from the hub (one-line :class:`EncodeError` where the hub cannot be reached). Preprocessing:
+    the model's data config (``timm.data.resolve_data_config``), eval transforms.
+    """
+
+    def __init__(self, name: str, weights: str | None = None) -> None:
+        self.spec = f"timm:{name}" + (f"@{weights}" if weights else "")
+        import_torchvision()  # timm imports torchvision: make it importable on CPU torch first
+        try:
+            import timm
+            from timm.data import create_transform, resolve_data_config
+        except ImportError as exc:
+            raise EncodeError(f"timm is not installed ({_one_line(exc)}): pip install -e '.[data]'") from exc
+        if not timm.is_model(name):
+            raise EncodeError(f"timm has no model {name!r}")
+        overlay: dict[str, Any] = {}
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncodeError(f"{path}: weights file not found (timm:{name}@PATH needs a state dict)")
+            overlay = {"file": str(path)}
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
+        except Exception as exc:
+            if weights is not None:
+                raise EncodeError(f"{weights}: not a state dict of timm {name} ({_one_line(exc)})") from exc
+            raise EncodeError(
+                f"timm model {name!r}: pre-trained weights could not be fetched from the model hub "
+                f"({type(exc).__name__}: no network?); pass a local state dict with "
+                f"--encoder timm:{name}@/path/to/weights.pth"
+            ) from exc
+        self.transform = create_transform(**resolve_data_config({}, model=model))
+        self.model = model.eval()
+        self.torchvision_version = ""
+
+
 TEXT_ENCODERS = ("tfidf", "packaged", "model2vec:NAME_OR_PATH", "sentence-transformers:NAME_OR_PATH")
-IMAGE_ENCODERS = ("histogram", "torchvision:NAME[@WEIGHTS.pth]")
+IMAGE_ENCODERS = ("histogram", "torchvision:NAME[@WEIGHTS.pth]", "timm:NAME[@WEIGHTS.pth]")
 
 
 def make_encoder(kind: str, spec: str, *, dim: int = 64, seed: int = 0, bins: int = 4) -> Encoder:
@@ -354,5 +397,8 @@ def make_encoder(kind: str, spec: str, *, dim: int = 64, seed: int = 0, bins: in
         if name == "torchvision" and arg:
             model_name, _, weights = arg.partition("@")
             return TorchvisionImageEncoder(model_name, weights or None)
+        if name == "timm" and arg:
+            model_name, _, weights = arg.partition("@")
+            return TimmImageEncoder(model_name, weights or None)
         raise EncodeError(f"unknown image encoder {spec!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
     raise EncodeError(f"unknown content kind {kind!r} (text or image)")
