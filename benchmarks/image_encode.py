@@ -3,7 +3,7 @@
     nice -n 10 python -m benchmarks.image_encode --threads 1
 
 Seeded random 256x256 JPEGs (quality 90, as in ``benchmarks.movielens``), batches of ``--batch``,
-fit timed apart. ``torchvision:NAME`` specs without ``@WEIGHTS`` get a randomly initialised state
+fit timed apart. ``torchvision:NAME`` and ``timm:NAME`` specs without ``@WEIGHTS`` get a randomly initialised state
 dict of that model written to a temporary file (the hub is not needed, and the weights' values do
 not change the speed). Prints one JSON row per encoder.
 """
@@ -20,22 +20,30 @@ from typing import Any
 import numpy as np
 
 
-def random_weights(name: str, folder: Path) -> Path:
+def random_weights(library: str, name: str, folder: Path) -> Path:
+    """A randomly initialised state dict of ``library`` ("torchvision" or "timm") model ``name``."""
     from training.encode.encoders import import_torchvision
 
     import_torchvision()
     import torch
-    from torchvision.models import get_model
 
     torch.manual_seed(0)
-    path = folder / f"{name}_random.pth"
-    torch.save(get_model(name, weights=None).state_dict(), path)
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+    else:
+        from torchvision.models import get_model
+
+        model = get_model(name, weights=None)
+    path = folder / f"{library}_{name}_random.pth"
+    torch.save(model.state_dict(), path)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--encoders", nargs="+", default=["histogram", "torchvision:resnet18"])
+    p.add_argument("--encoders", nargs="+", default=["histogram", "torchvision:resnet18", "timm:resnet18"])
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -53,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)).save(path, quality=90)
             paths.append(path)
         for spec in args.encoders:
-            if spec.startswith("torchvision:") and "@" not in spec:
+            library, _, name = spec.partition(":")
+            if library in ("torchvision", "timm") and "@" not in spec:
                 import torch
 
                 torch.set_num_threads(args.threads)
-                spec = f"{spec}@{random_weights(spec.partition(':')[2], folder)}"
+                spec = f"{spec}@{random_weights(library, name, folder)}"
             enc: Any = make_encoder("image", spec)
             t0 = time.perf_counter()
             enc.fit(paths)
