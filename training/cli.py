@@ -323,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--encoder",
         required=True,
-        help="text: tfidf | packaged | model2vec:X | sentence-transformers:X; image: histogram",
+        help=(
+            "text: tfidf | packaged | model2vec:X | sentence-transformers:X; "
+            "image: histogram | torchvision:NAME[@WEIGHTS.pth] | timm:NAME[@WEIGHTS.pth]"
+        ),
     )
     c.add_argument("--modality", help="name of the feature file (default: the kind)")
     c.add_argument("--items", help="item table: CSV, TSV, Parquet or a RecBole .item file")

@@ -15,6 +15,15 @@ image
   ``histogram``                      joint RGB colour histogram + per-channel mean/std + a histogram
                                      of gradient orientations (HOG-like, whole image); numpy and
                                      Pillow, always offline.
+  ``torchvision:NAME[@WEIGHTS]``     any torchvision classification model (``resnet18``,
+                                     ``efficientnet_b0``, ``vit_b_16`` ...) with its head removed:
+                                     the penultimate-layer features, preprocessed with the model's
+                                     standard transforms. ``@WEIGHTS`` is a local state-dict file
+                                     (``.pth``); without it the default pre-trained weights come
+                                     from the hub.
+  ``timm:NAME[@WEIGHTS]``            any timm model the same way (``num_classes=0``: pooled
+                                     pre-logits features; its data config's transforms);
+                                     ``@WEIGHTS`` is a local ``.pth``/``.safetensors`` file.
 
 A hub name on a machine without the hub fails in one line (:class:`EncodeError`).
 """
@@ -187,8 +196,184 @@ class HistogramImageEncoder:
         return np.stack([self._one(Path(p)) for p in batch]) if batch else np.zeros((0, self.bins**3 + 14))
 
 
+_TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
+
+
+def import_torchvision() -> Any:
+    """``torchvision``, importable even when its compiled ops library cannot load.
+
+    PyPI's torchvision 0.28.0 is the CUDA build: against torch 2.13.0+cpu its ``_C`` library fails to
+    load, and ``import torchvision`` then dies registering fake kernels for the missing detection
+    ops (``operator torchvision::nms does not exist``). Classification models never call those ops,
+    so when they are absent the registrations are skipped during the import (a warning says so) and
+    ``nms``/``roi_align`` stay unavailable; a build whose ops load is imported untouched.
+    """
+    import sys
+    import warnings
+
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"]
+    try:
+        import torch
+        import torch.library as library
+    except ImportError as exc:
+        raise EncodeError("the torchvision encoder needs torch: pip install -e '.[train,data]'") from exc
+    try:
+        import torchvision.extension  # noqa: F401  # loads _C where it can: the ops exist afterwards
+    except ImportError as exc:
+        raise EncodeError(
+            f"torchvision is not installed ({_one_line(exc)}): pip install -e '.[data]'"
+        ) from exc
+    except RuntimeError:
+        pass  # the package's __init__ ran and failed on the ops: handled below
+    if hasattr(torch.ops.torchvision, "nms"):
+        import torchvision
+
+        return torchvision
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # the failed import's half-initialised modules
+    saved = (library.register_fake, library.register_autograd)
+    library.register_fake = lambda *a, **k: lambda fn: fn
+    library.register_autograd = lambda *a, **k: None
+    try:
+        import torchvision
+    finally:
+        library.register_fake, library.register_autograd = saved
+    warnings.warn(
+        f"torchvision {torchvision.__version__}: its compiled ops do not load with torch {torch.__version__} "
+        "(a build for another torch/CUDA); detection ops are unavailable, classification models work",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return torchvision
+
+
+class TorchvisionImageEncoder:
+    """A torchvision classification model without its head, eval mode, no grad, CPU.
+
+    ``weights``: a local state-dict file; None loads the default pre-trained weights from the hub
+    (one-line :class:`EncodeError` where the hub cannot be reached). Images are decoded with Pillow
+    (RGB) and preprocessed with the default weights' transforms (resize, centre crop, normalise), which
+    are metadata and need no download.
+    """
+
+    def __init__(self, name: str, weights: str | None = None) -> None:
+        self.spec = f"torchvision:{name}" + (f"@{weights}" if weights else "")
+        tv = import_torchvision()
+        import torch
+        from torchvision.models import get_model, get_model_weights
+
+        try:
+            default = get_model_weights(name).DEFAULT
+        except (ValueError, KeyError) as exc:
+            raise EncodeError(f"torchvision has no model {name!r} ({_one_line(exc)})") from exc
+        self.transform = default.transforms()
+        model = get_model(name, weights=None)
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncodeError(
+                    f"{path}: weights file not found (torchvision:{name}@PATH needs a state dict)"
+                )
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                    state = state["state_dict"]
+                model.load_state_dict(state)
+            except Exception as exc:
+                raise EncodeError(
+                    f"{path}: not a state dict of torchvision {name} ({_one_line(exc)})"
+                ) from exc
+        else:
+            try:
+                model.load_state_dict(default.get_state_dict(progress=False, check_hash=True))
+            except Exception as exc:
+                raise EncodeError(
+                    f"torchvision model {name!r}: pre-trained weights {default} could not be fetched from "
+                    f"the model hub ({type(exc).__name__}: no network?); pass a local state dict with "
+                    f"--encoder torchvision:{name}@/path/to/weights.pth"
+                ) from exc
+        for head in _TORCHVISION_HEADS:
+            if isinstance(getattr(model, head, None), torch.nn.Module):
+                setattr(model, head, torch.nn.Identity())
+                break
+        else:
+            raise EncodeError(
+                f"torchvision model {name!r} has none of the heads {', '.join(_TORCHVISION_HEADS)}"
+            )
+        self.model = model.eval()
+        self.torchvision_version = tv.__version__
+
+    def fit(self, contents: list[Any]) -> None:
+        pass
+
+    def preprocess(self, batch: list[Any]) -> Any:
+        """(len(batch), 3, H, W) float tensor of the decoded, transformed images."""
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        tensors = []
+        for p in batch:
+            try:
+                with Image.open(p) as img:
+                    rgb = img.convert("RGB")
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise EncodeError(f"{p}: cannot decode image ({_one_line(exc)})") from exc
+            tensors.append(self.transform(rgb))
+        return torch.stack(tensors)
+
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        import torch
+
+        if not batch:
+            raise ValueError("TorchvisionImageEncoder.encode: empty batch")
+        with torch.inference_mode():
+            out = self.model(self.preprocess(batch))
+        return out.reshape(len(batch), -1).numpy().astype(np.float32, copy=False)
+
+
+class TimmImageEncoder(TorchvisionImageEncoder):
+    """A timm model with ``num_classes=0`` (pooled pre-logits features), eval mode, no grad, CPU.
+
+    ``weights``: a local state-dict file (``.pth``, ``.bin`` or ``.safetensors``), loaded by timm's
+    own pretrained loader (which drops the classifier); None fetches the default pre-trained weights
+    from the hub (one-line :class:`EncodeError` where the hub cannot be reached). Preprocessing:
+    the model's data config (``timm.data.resolve_data_config``), eval transforms.
+    """
+
+    def __init__(self, name: str, weights: str | None = None) -> None:
+        self.spec = f"timm:{name}" + (f"@{weights}" if weights else "")
+        import_torchvision()  # timm imports torchvision: make it importable on CPU torch first
+        try:
+            import timm
+            from timm.data import create_transform, resolve_data_config
+        except ImportError as exc:
+            raise EncodeError(f"timm is not installed ({_one_line(exc)}): pip install -e '.[data]'") from exc
+        if not timm.is_model(name):
+            raise EncodeError(f"timm has no model {name!r}")
+        overlay: dict[str, Any] = {}
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncodeError(f"{path}: weights file not found (timm:{name}@PATH needs a state dict)")
+            overlay = {"file": str(path)}
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
+        except Exception as exc:
+            if weights is not None:
+                raise EncodeError(f"{weights}: not a state dict of timm {name} ({_one_line(exc)})") from exc
+            raise EncodeError(
+                f"timm model {name!r}: pre-trained weights could not be fetched from the model hub "
+                f"({type(exc).__name__}: no network?); pass a local state dict with "
+                f"--encoder timm:{name}@/path/to/weights.pth"
+            ) from exc
+        self.transform = create_transform(**resolve_data_config({}, model=model))
+        self.model = model.eval()
+        self.torchvision_version = ""
+
+
 TEXT_ENCODERS = ("tfidf", "packaged", "model2vec:NAME_OR_PATH", "sentence-transformers:NAME_OR_PATH")
-IMAGE_ENCODERS = ("histogram",)
+IMAGE_ENCODERS = ("histogram", "torchvision:NAME[@WEIGHTS.pth]", "timm:NAME[@WEIGHTS.pth]")
 
 
 def make_encoder(kind: str, spec: str, *, dim: int = 64, seed: int = 0, bins: int = 4) -> Encoder:
@@ -209,5 +394,11 @@ def make_encoder(kind: str, spec: str, *, dim: int = 64, seed: int = 0, bins: in
     if kind == "image":
         if spec == "histogram":
             return HistogramImageEncoder(bins=bins)
+        if name == "torchvision" and arg:
+            model_name, _, weights = arg.partition("@")
+            return TorchvisionImageEncoder(model_name, weights or None)
+        if name == "timm" and arg:
+            model_name, _, weights = arg.partition("@")
+            return TimmImageEncoder(model_name, weights or None)
         raise EncodeError(f"unknown image encoder {spec!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
     raise EncodeError(f"unknown content kind {kind!r} (text or image)")
