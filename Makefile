@@ -19,10 +19,12 @@ EVAL ?= $(TIKTOK)/val.json
 
 install: $(VENV)/.installed
 
+# pip >= 25 relays setuptools' notice about editable installs of a flat layout as a warning: it is
+# about how editable installs work, not about this project, so a first install stays quiet.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,serve,dev,bench,data]'
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q -e '.[train,serve,dev,bench,data]'
 	touch $@
 
 ## The main job, end to end on built-in synthetic data: data -> train -> artifact -> API on :$(PORT).
