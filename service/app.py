@@ -163,7 +163,9 @@ async def require_admin(
 ) -> None:
     token = rt.settings.admin_token
     if token is None:
-        raise RetrainDisabledError("retraining is disabled: ADMIN_TOKEN is not set on this server")
+        raise RetrainDisabledError(
+            "admin routes (retrain, PUT /items) are disabled: ADMIN_TOKEN is not set on this server"
+        )
     given = credentials.credentials.strip().encode() if credentials is not None else b""
     # constant time: the comparison must not reveal how much of a guessed token was right
     if not hmac.compare_digest(given, token.get_secret_value().encode()):
@@ -206,7 +208,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ConflictBody if c == 409 else ErrorBody, "description": what[c]} for c in codes}
 
 
-_BODY_ERRORS = _errors(400, 413, 503)
+_BODY_ERRORS = _errors(400, 408, 413, 503)
 _METRICS_OK: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}
 }

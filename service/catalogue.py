@@ -638,9 +638,10 @@ class Catalogue:
         try:
             await self.sync()
         except Exception as exc:
+            log.warning("item log read-back failed", extra={"position": position, "error": repr(exc)})
             raise StoreUnavailableError(
                 f"the batch was recorded at log position {position} but this replica could not read "
-                f"the log back ({exc}); every replica applies it once Redis answers"
+                "the log back; every replica applies it once Redis answers"
             ) from exc
         view = self.require()
         added = sum(1 for c in changes if c.item_id in view.new_row and c.features is not None)

@@ -142,8 +142,9 @@ class RedisItemLog(ItemLog):
         try:
             position = await self.client.xadd(self.key, encode_batch(changes))  # type: ignore[arg-type]
         except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("item log append failed", extra={"error": repr(exc)})  # the address stays in the log
             raise StoreUnavailableError(
-                f"cannot apply the items: Redis is unavailable ({exc}); nothing was applied"
+                "cannot apply the items: Redis is unavailable; nothing was applied"
             ) from exc
         return position.decode() if isinstance(position, bytes) else str(position)
 

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 _FP_LEN = 8  # bytes of fresh-list fingerprint in front of a cached vector
 REQUEST_ID_TTL_S = 24 * 3600  # how long a write's request id is remembered (re-sends are no-ops)
+
+
+def _user_request(user_id: str, request_id: str) -> str:
+    """The dedup key of one user's request id (hashed: user ids may hold any character)."""
+    return f"{hashlib.sha1(user_id.encode('utf-8', 'backslashreplace')).hexdigest()[:16]}:{request_id}"
+
+
 _MAX_SEEN = 1_000_000  # embedded store: most request ids remembered
 
 # One command, so that it is applied whole or not at all and redis-py may re-send it after a dropped
@@ -145,7 +152,7 @@ class EmbeddedStore(Store):
         self._fresh: dict[str, _EmbeddedFresh] = {}
         self._vectors: OrderedDict[str, dict[str, tuple[float, bytes, np.ndarray]]] = OrderedDict()  # LRU
         self._generation = 0  # one counter for all users: a fingerprint is never reused
-        self._seen: OrderedDict[str, float] = OrderedDict()  # request id -> expiry, oldest first
+        self._seen: OrderedDict[str, float] = OrderedDict()  # (user, request id) key -> expiry, oldest first
 
     def _fresh_of(self, user_id: str) -> _EmbeddedFresh | None:
         fresh = self._fresh.get(user_id)
@@ -194,7 +201,8 @@ class EmbeddedStore(Store):
         now = time.monotonic()
         while self._seen and next(iter(self._seen.values())) < now:
             self._seen.popitem(last=False)
-        if request_id is not None and request_id in self._seen:
+        seen_key = _user_request(user_id, request_id) if request_id is not None else None
+        if seen_key is not None and seen_key in self._seen:
             fresh = self._fresh_of(user_id)
             return len(fresh.items) if fresh is not None else 0
         fresh = self._fresh_of(user_id)
@@ -215,8 +223,8 @@ class EmbeddedStore(Store):
         fresh.generation = self._generation
         fresh.expires_at = time.monotonic() + self.fresh_ttl_s
         self._vectors.pop(user_id, None)
-        if request_id is not None:
-            self._seen[request_id] = now + REQUEST_ID_TTL_S
+        if seen_key is not None:
+            self._seen[seen_key] = now + REQUEST_ID_TTL_S
             while len(self._seen) > _MAX_SEEN:
                 self._seen.popitem(last=False)
         return len(fresh.items)
@@ -303,7 +311,8 @@ class RedisStore(Store):
     ) -> int:
         key = self._fresh_key(user_id)
         entries = [orjson.dumps([item, ts]) for item, ts in zip(items, timestamps, strict=True)]
-        request_key = f"{self.prefix}:req:{request_id or uuid.uuid4().hex}"
+        # per user: two users' clients may number their requests alike
+        request_key = f"{self.prefix}:req:{_user_request(user_id, request_id or uuid.uuid4().hex)}"
         kept = await self._add_script(
             keys=[key, self._users_key, self._vec_key(user_id), request_key],
             args=[self.fresh_max, self.fresh_ttl_s, user_id, REQUEST_ID_TTL_S, *entries],

@@ -187,3 +187,19 @@ def test_fail_open_wrapper_counts_and_skips_while_down() -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("which", ["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_request_id_is_deduplicated_per_user(request: pytest.FixtureRequest, which: str) -> None:
+    """Clients may number their requests alike: user B's "1" is not user A's re-send."""
+
+    async def scenario() -> None:
+        store = _store(request, which)
+        assert await store.add_interactions("alice", ["i1"], [1.0], request_id="1") == 1
+        assert await store.add_interactions("alice", ["i2"], [2.0], request_id="1") == 1  # re-send: no-op
+        assert await store.add_interactions("bob", ["i3"], [3.0], request_id="1") == 1  # another user
+        assert (await store.get_user_state("v1", "alice")).fresh_items == ["i1"]
+        assert (await store.get_user_state("v1", "bob")).fresh_items == ["i3"]
+        await store.close()
+
+    asyncio.run(scenario())
