@@ -674,7 +674,28 @@ class Catalogue:
         if not records:
             return None
         ids = list(records)
-        has = [records[i].features is not None for i in ids]
+        # Features given under an earlier model whose modalities or widths differ from the serving
+        # one's cannot stack with the rest: such items go without features (the job says so by
+        # name if it needs them) instead of failing every retrain from here on.
+        view = self._view
+        content = view.content if view is not None else None
+        has = [
+            records[i].features is not None and (content is None or _fits(content, records[i].features))  # type: ignore[arg-type]
+            for i in ids
+        ]
+        if content is None:  # no content path to check against: the first item's shapes decide
+            first = next((records[i].features for i, h in zip(ids, has, strict=True) if h), None)
+            shapes = {m: np.shape(v) for m, v in first.items()} if first is not None else {}
+            has = [
+                h and {m: np.shape(v) for m, v in records[i].features.items()} == shapes  # type: ignore[union-attr]
+                for i, h in zip(ids, has, strict=True)
+            ]
+        dropped = [i for i, h in zip(ids, has, strict=True) if records[i].features is not None and not h]
+        if dropped:
+            log.warning(
+                "items whose features do not fit the serving model go to the retrain without them",
+                extra={"items": dropped[:20], "n": len(dropped)},
+            )
         features: dict[str, Any] = {}
         rows = [records[i].features for i, h in zip(ids, has, strict=True) if h]
         if rows:

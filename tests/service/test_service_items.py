@@ -515,3 +515,39 @@ def test_view_top_k_equals_brute_force_with_unavailable_and_excluded(content_art
         expected = np.sort(s[np.isfinite(s)])[::-1][:k]
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
         assert ok[labels].all() and len(set(labels.tolist())) == len(labels)
+
+
+def test_retrain_spec_leaves_out_features_the_serving_model_cannot_take(
+    make_client: Callable[..., TestClient],
+    content_artifact: Any,
+    store_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Items PUT under a model with other feature widths must not make every later retrain a 500."""
+    from conftest import HERE
+
+    monkeypatch.setenv("PYTHONPATH", str(HERE))
+    client = make_client(admin_token=TOKEN, retrain_data_dir=tmp_path)
+    rng = np.random.default_rng(4)
+    assert _put(client, [_body("old-width", _features(rng))]).status_code == 200
+    wider = {m: d + 2 for m, d in DIMS.items()}
+    monkeypatch.setattr(svc_artifacts, "RAW_DIMS", wider)  # a model trained on re-encoded features
+    path, _ = svc_artifacts.write_with_content(store_root, seed=5)
+    deadline = time.monotonic() + 10
+    while client.get("/model").json()["model_version"] != path.name:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    new = {m: rng.normal(size=d).astype(np.float32) for m, d in wider.items()}
+    assert _put(client, [_body("new-width", new)]).status_code == 200
+    r = client.post("/retrain", json={"overrides": {"sleep": 0.0}}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    spec = json.loads(
+        (
+            Path(client.app.state.mmssl.runtime.settings.jobs_dir) / r.json()["job_id"] / "spec.json"
+        ).read_text()
+    )
+    items = spec["extra_items"]
+    assert items["item_ids"] == ["old-width", "new-width"]
+    assert items["has_features"] == [False, True]
+    assert {m: e["shape"] for m, e in items["features"].items()} == {m: [1, d] for m, d in wider.items()}
