@@ -146,7 +146,10 @@ def carve_tuning_split(data: str | Path, out: str | Path, seed: int, min_train: 
         kept[user] = items
     (out / "train.json").write_text(json.dumps(kept))
     (out / "val.json").write_text(json.dumps(tune))
-    for feat in sorted(data.glob("*_feat.npy")):
+    # an imported folder's external ids (user_ids.json / item_ids.json) go along with the features
+    for feat in [*sorted(data.glob("*_feat.npy")), *(data / n for n in ("user_ids.json", "item_ids.json"))]:
+        if not feat.is_file():
+            continue
         link = out / feat.name
         if link.is_symlink() or link.exists():
             link.unlink()

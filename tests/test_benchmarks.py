@@ -353,3 +353,18 @@ def test_scale_benchmark_reports_each_scale(tiny_data, tmp_path):
     assert rows[1]["n_items"] == 2 * rows[0]["n_items"] and rows[1]["batch_size"] == 2 * rows[0]["batch_size"]
     assert rows[0]["steps_per_epoch"] == rows[1]["steps_per_epoch"]  # --scale-batch: same passes
     assert all(r["step_s"] > 0 and r["refresh_s"] > 0 and r["peak_rss_mb"] > 50 for r in rows)
+
+
+def test_tuning_split_keeps_an_imported_folders_external_ids(tmp_path):
+    from benchmarks.common import carve_tuning_split
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.json").write_text(json.dumps({"0": [0, 1, 2], "1": [1, 2]}))
+    (src / "val.json").write_text(json.dumps({"0": [3]}))
+    (src / "item_ids.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    (src / "user_ids.json").write_text(json.dumps(["u0", "u1"]))
+    out = carve_tuning_split(src, tmp_path / "tune", seed=0)
+    for name in ("item_ids.json", "user_ids.json"):
+        assert json.loads((out / name).read_text()) == json.loads((src / name).read_text())
+    assert sum(len(v) for v in json.loads((out / "val.json").read_text()).values()) == 1  # only user 0 has 3
