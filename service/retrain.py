@@ -333,6 +333,19 @@ class Retrainer:
             bad = check_overrides(overrides, manifest.model_config, manifest.train_config)
             if bad:
                 raise RequestValidationError(bad)
+        if self.catalogue is not None:
+            # This replica's overlay may lag the shared item log (it polls every
+            # ITEMS_POLL_INTERVAL_S): an interaction snapshotted below with an item added on another
+            # replica would reach the job without that item's row, and the job would fail. Read the
+            # log up to now first; if it cannot be read, queue nothing.
+            try:
+                await self.catalogue.sync()
+            except Exception as exc:
+                log.warning("cannot read the item log before a retrain", extra={"error": repr(exc)})
+                raise StoreUnavailableError(
+                    "cannot start the retrain: the item log could not be read (Redis is unavailable), "
+                    "so the job could miss items that interactions refer to; nothing was queued"
+                ) from exc
         job_id = new_job_id()
         extra = await self.store.fresh_snapshot()
         spec = {
