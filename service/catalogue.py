@@ -114,7 +114,10 @@ class CatalogueView:
         self.n_base = rec.n_items
         self.n_items = rec.n_items + len(new_ids)
         self.base_available = base_available  # (n_base,) bool
-        self.unavailable_base = np.flatnonzero(~base_available)
+        # applied as a mask in Recommender.top_k, never as exclude entries: past the over-fetch cap
+        # a growing exclude list sent every request to exact scoring
+        self.unavailable_base_mask = ~base_available
+        self.n_unavailable_base = int(self.unavailable_base_mask.sum())
         self.new_ids = new_ids
         self.new_row = {item_id: j for j, item_id in enumerate(new_ids)}
         self.new_vectors = new_vectors  # (n_new, d) h_i of the added items: the side index
@@ -351,9 +354,8 @@ class CatalogueView:
         """
         exclude = np.asarray(exclude, dtype=np.int64)
         base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
-        if self.unavailable_base.size:
-            base_exclude = np.concatenate((base_exclude, self.unavailable_base))
-        labels, scores = self.rec.top_k(vector, k, base_exclude)
+        mask = self.unavailable_base_mask if self.n_unavailable_base else None
+        labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
         take = min(k, self.n_new_available)
         if self.max_slots is not None:
             take = min(take, self.max_slots)

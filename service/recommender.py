@@ -47,6 +47,7 @@ class Recommender:
         self.dim = artifact.manifest.dim
         self.n_items = artifact.manifest.n_items
         self.overfetch_cap = overfetch_cap
+        self.exact_searches = 0  # top-K answered by exact numpy scoring (beyond the cap, or short)
         self.loaded_at = time.time()
         self.user_index = {u: i for i, u in enumerate(a.user_ids)}
         self.item_index = {it: i for i, it in enumerate(a.item_ids)}
@@ -111,46 +112,91 @@ class Recommender:
 
     # ---------------------------------------------------------------- retrieval
 
-    def top_k(self, vector: np.ndarray | None, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` items not in ``exclude``: (item indices (k',), scores (k',)), best first.
+    def top_k(
+        self,
+        vector: np.ndarray | None,
+        k: int,
+        exclude: np.ndarray,
+        unavailable: np.ndarray | None = None,
+        n_unavailable: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` items not in ``exclude`` nor marked in ``unavailable``: (item indices (k',),
+        scores (k',)), best first.
 
+        ``exclude``: this request's item indices (its excluded and seen items); ``unavailable``: a
+        precomputed (n_items,) bool mask that holds for every request (the catalogue's unavailable
+        items), with ``n_unavailable`` its count (counted here when not given). The mask is applied
+        to the candidates, never turned into a longer exclude list: however many items are
+        unavailable, the index search stays the fast path while it finds ``k`` available ones.
         ``vector`` None ranks by training popularity (the score is the interaction count).
         """
         exclude = np.unique(exclude) if exclude.size else _EMPTY
-        want = min(k, self.n_items - exclude.size)
-        if want <= 0:
-            return _EMPTY, np.zeros(0, dtype=np.float32)
-        # At most |exclude| of the first want + |exclude| candidates are excluded: over-fetch that many.
-        fetch = want + exclude.size
+        if unavailable is not None and n_unavailable is None:
+            n_unavailable = int(unavailable.sum())
+        if not n_unavailable:
+            unavailable = None
         excluded = None
         if exclude.size:
             # (n_items,) bool; np.zeros is calloc'd (pages touched only where set): much cheaper
             # than np.isin, and per call so it is safe from any thread.
             excluded = np.zeros(self.n_items, dtype=bool)
             excluded[exclude] = True
+        n_gone = exclude.size
+        if unavailable is not None:
+            assert n_unavailable is not None
+            n_gone += n_unavailable - int(unavailable[exclude].sum())
+        want = min(k, self.n_items - n_gone)
+        if want <= 0:
+            return _EMPTY, np.zeros(0, dtype=np.float32)
+
+        def keep(labels: np.ndarray) -> np.ndarray:
+            ok = np.ones(labels.size, dtype=bool)
+            if excluded is not None:
+                ok &= ~excluded[labels]
+            if unavailable is not None:
+                ok &= ~unavailable[labels]
+            return ok
+
+        # At most |exclude| of the first want + |exclude| candidates are excluded: over-fetch that
+        # many. Unavailable items are not counted one by one (there may be more of them than the
+        # cap): the fetch is widened by the share of the catalogue they take, and grown if short.
+        base_fetch = fetch = want + exclude.size
+        limit = min(self.overfetch_cap, self.index.max_k)
+        if unavailable is not None:
+            assert n_unavailable is not None
+            share = n_unavailable / self.n_items
+            fetch = min(self.n_items, int(np.ceil(fetch / max(1.0 - share, 1e-3) * 1.25)) + 8)
+            if base_fetch <= limit:
+                fetch = min(fetch, limit)
         if vector is None:
-            labels = self._pop_order[:fetch]
-            scores = self._pop_scores[:fetch]
-            if excluded is not None:
-                keep = ~excluded[labels]
-                labels, scores = labels[keep], scores[keep]
-            return labels[:want], scores[:want]
+            while True:
+                labels = self._pop_order[:fetch]
+                scores = self._pop_scores[:fetch]
+                ok = keep(labels)
+                if int(ok.sum()) >= want or fetch >= self.n_items:
+                    return labels[ok][:want], scores[ok][:want]
+                fetch = min(self.n_items, 4 * fetch)
         query = np.ascontiguousarray(vector, dtype=np.float32)
-        if fetch <= min(self.overfetch_cap, self.index.max_k):
+        while fetch <= limit:
             scores, labels = self.index.search(query, fetch)
-            if excluded is not None:
-                keep = ~excluded[labels]
-                labels, scores = labels[keep], scores[keep]
+            ok = keep(labels)
+            labels, scores = labels[ok], scores[ok]
             if labels.size >= want:
                 return labels[:want], scores[:want]
-            # an approximate index found too few candidates: fall back to exact scoring
-        return self._exact_top_k(query, want, exclude)
+            if fetch >= min(limit, self.n_items):
+                break  # an approximate index found too few candidates
+            fetch = min(limit, 4 * fetch)
+        # beyond the cap, or too few candidates: exact scoring
+        self.exact_searches += 1
+        return self._exact_top_k(query, want, exclude, unavailable)
 
     def _exact_top_k(
-        self, query: np.ndarray, want: int, exclude: np.ndarray
+        self, query: np.ndarray, want: int, exclude: np.ndarray, unavailable: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         scores = self._item_embeddings @ query  # (n_items,)
         scores[exclude] = -np.inf
+        if unavailable is not None:
+            scores[unavailable] = -np.inf
         top = np.argpartition(-scores, want - 1)[:want]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top, scores[top]
