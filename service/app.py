@@ -316,7 +316,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
+            # path_format: the template without converters ("/items/{item_id}", not "{item_id:path}")
+            label = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(label, method, str(status)).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - started)
@@ -426,12 +427,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def put_items(body: ItemsRequest, rt: RuntimeDep) -> Response:
         return _json(await rt.catalogue.put(body))
 
-    @app.get("/items/{item_id}", response_model=ItemInfo, responses=_errors(404, 503))
+    # ``:path``: item ids may hold "/" (a raw one or %2F, which the server decodes before routing);
+    # the similar route's "/similar" suffix is matched after the greedy id, so "a/b/similar" is
+    # item "a/b" (and GET of ".../similar" is item ".../similar": that route is POST only)
+    @app.get("/items/{item_id:path}", response_model=ItemInfo, responses=_errors(404, 503))
     async def get_item(item_id: str, rt: RuntimeDep) -> Response:
         return _json(rt.items.get(item_id))
 
     @app.post(
-        "/items/{item_id}/similar", response_model=SimilarResponse, responses=_BODY_ERRORS | _errors(404)
+        "/items/{item_id:path}/similar", response_model=SimilarResponse, responses=_BODY_ERRORS | _errors(404)
     )
     async def similar_items(item_id: str, rt: RuntimeDep, body: SimilarRequest | None = None) -> Response:
         return _json(rt.items.similar(item_id, body or SimilarRequest()))
