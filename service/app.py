@@ -17,6 +17,7 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.body import StrictJsonMiddleware
@@ -292,6 +293,25 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+def _route_label(scope: Scope) -> str:
+    """The route template of a request, for metric labels; "unmatched" if no route takes it.
+
+    A request answered by a middleware before routing (a strict-JSON 400/422, a 408, a 413) has no
+    ``scope["route"]``: match it against the app's routes here, so it is counted under the route it
+    was sent to (only those answers pay for the lookup).
+    """
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match == Match.FULL:
+                route = candidate
+                break
+    # path_format: the template without converters ("/items/{item_id}", not "{item_id:path}")
+    return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+
+
 class MetricsMiddleware:
     """Request count and latency per route template (not per raw path: ids would explode labels)."""
 
@@ -315,9 +335,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            # path_format: the template without converters ("/items/{item_id}", not "{item_id:path}")
-            label = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+            label = _route_label(scope)
             method = scope["method"]
             self.metrics.requests.labels(label, method, str(status)).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - started)
