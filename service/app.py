@@ -76,9 +76,18 @@ class Runtime:
     items: Items
 
 
+def _is_uvicorn(argv: list[bytes]) -> bool:
+    """Whether a command line runs uvicorn: the ``uvicorn`` script or ``python -m uvicorn``."""
+    if argv and Path(argv[0].decode(errors="replace")).name == "uvicorn":
+        return True
+    return any(a == b"-m" and b == b"uvicorn" for a, b in zip(argv, argv[1:], strict=False))
+
+
 def _server_worker_count() -> int:
-    """How many worker processes the server runs: uvicorn's ``--workers N`` (or WEB_CONCURRENCY)
-    when this process was spawned by its multiprocess supervisor, else 1."""
+    """How many worker processes the server runs: uvicorn's ``--workers N`` (or WEB_CONCURRENCY,
+    which uvicorn reads in its place) when this process is a worker spawned by uvicorn's
+    multiprocess supervisor, else 1. Any other multiprocessing child (a test, a benchmark, a tool
+    that builds the app in a pool) counts 1 whatever WEB_CONCURRENCY says."""
     import multiprocessing
 
     if multiprocessing.parent_process() is None:
@@ -86,7 +95,9 @@ def _server_worker_count() -> int:
     try:
         argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        argv = []
+        return 1
+    if not _is_uvicorn(argv):
+        return 1
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == b"--workers" and i + 1 < len(argv) else None
         if arg.startswith(b"--workers="):
