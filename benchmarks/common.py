@@ -105,9 +105,10 @@ def paired_intervals(
     """Bootstrap 95% intervals over users for every variant's metrics and every difference.
 
     per_user: variant -> metric -> (n_users,) values in one shared user order (averaged over seeds
-    by the caller). Differences are ``reference - variant`` per user, resampled with the same users
-    (a paired bootstrap). Returns {"n_users", "variants": {v: {m: [mean, lo, hi]}},
-    "differences": {"ref - v": {m: [mean, lo, hi]}}}.
+    by the caller). Differences are ``variant - reference`` per user (the sign of ``paired_bootstrap``:
+    positive means the variant scores higher), resampled with the same users (a paired bootstrap).
+    Returns {"n_users", "variants": {v: {m: [mean, lo, hi]}}, "differences": {"v - ref": {m: [mean,
+    lo, hi]}}}.
     """
     sizes = {v: next(iter(d.values())).size for v, d in per_user.items()}
     if len(set(sizes.values())) > 1:
@@ -120,8 +121,8 @@ def paired_intervals(
         for variant in per_user:
             if variant == reference:
                 continue
-            out["differences"][f"{reference} - {variant}"] = {
-                m: list(bootstrap_interval(per_user[reference][m] - per_user[variant][m], n_boot, seed))
+            out["differences"][f"{variant} - {reference}"] = {
+                m: list(bootstrap_interval(per_user[variant][m] - per_user[reference][m], n_boot, seed))
                 for m in metrics
             }
     return out
@@ -165,7 +166,8 @@ def paired_bootstrap(
     ``bootstrap_interval`` with the same seed and size draws the same resamples).
 
     per_user: method -> (n_users,) per-user metric, the same users in the same order for all.
-    Returns method -> {"mean", "lo", "hi", "diff", "diff_lo", "diff_hi"}.
+    Returns method -> {"mean", "lo", "hi", "diff", "diff_lo", "diff_hi"}; ``diff`` is
+    ``method - reference`` (as in ``paired_intervals``: positive means the method scores higher).
     """
     sizes = {len(v) for v in per_user.values()}
     if len(sizes) != 1 or reference not in per_user:

@@ -10,7 +10,8 @@ scores a held-out file.
 
 Statistics: each run's per-user metrics are kept (``per_user.npz``); the table gives paired
 bootstrap 95% intervals over users of every variant's metrics (per-user values averaged over the
-seeds) and of every difference ``full - variant``, with the number of users.
+seeds) and of every difference ``variant - full`` (positive: the variant scores higher), with the
+number of users.
 
 ``--tune-seed N`` tunes without touching validation: one training item per user with >= 3 is
 carved out (seeded) into ``OUT/tune-data``, which is trained on and scored (and used for epoch

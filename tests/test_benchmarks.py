@@ -44,8 +44,8 @@ def test_quality_benchmark_writes_table_json_and_plot(tiny_data, tmp_path):
     stats = result["intervals"]
     scored = json.loads((tiny_data / "test.json").read_text())
     assert stats["n_users"] == sum(1 for items in scored.values() if items) > 0
-    diff = stats["differences"]["full - id_only"]["recall@20"]
-    expected = result["runs"][0]["eval"]["recall@20"] - result["runs"][1]["eval"]["recall@20"]
+    diff = stats["differences"]["id_only - full"]["recall@20"]  # variant - reference
+    expected = result["runs"][1]["eval"]["recall@20"] - result["runs"][0]["eval"]["recall@20"]
     assert diff[0] == pytest.approx(expected, abs=1e-9) and diff[1] <= diff[0] <= diff[2]
     full_r20 = stats["variants"]["full"]["recall@20"]
     assert full_r20[0] == pytest.approx(result["runs"][0]["eval"]["recall@20"], abs=1e-9)
@@ -291,8 +291,8 @@ def test_bootstrap_interval_matches_the_normal_approximation_and_pairs_users():
     assert stats["n_users"] == 4000
     va, vb = stats["variants"]["a"]["r"], stats["variants"]["b"]["r"]
     assert vb[1] < va[2]  # overlap
-    diff = stats["differences"]["b - a"]["r"]
-    assert diff[0] == pytest.approx(b.mean() - a.mean()) and diff[1] > 0
+    diff = stats["differences"]["a - b"]["r"]  # variant - reference: a loses the gain of b
+    assert diff[0] == pytest.approx(a.mean() - b.mean()) and diff[2] < 0
     with pytest.raises(ValueError, match="different users"):
         paired_intervals({"a": {"r": a}, "b": {"r": b[:10]}}, ["r"], reference="a")
 

@@ -83,3 +83,15 @@ def test_knn_average_is_the_mean_of_the_nearest_warm_rows():
     out = knn_average(emb, content, warm=np.array([0, 1, 2, 3]), cold=np.array([4, 5]), k=2)
     assert np.allclose(out[4], emb[[0, 1]].mean(0)) and np.allclose(out[5], emb[[2, 3]].mean(0))
     assert np.array_equal(out[:4], emb[:4])
+
+
+def test_paired_bootstrap_and_paired_intervals_share_the_sign_variant_minus_reference():
+    from benchmarks.common import paired_intervals
+
+    ref = np.array([0.0, 0.5, 1.0, 0.25])
+    better = ref + 0.25  # the variant scores higher on every user: a positive difference
+    boot = paired_bootstrap({"ref": ref, "better": better}, "ref", n_boot=200)
+    inter = paired_intervals({"ref": {"m": ref}, "better": {"m": better}}, ["m"], "ref", n_boot=200)
+    assert boot["better"]["diff"] == pytest.approx(0.25)
+    assert list(inter["differences"]) == ["better - ref"]
+    assert inter["differences"]["better - ref"]["m"][0] == pytest.approx(0.25)
