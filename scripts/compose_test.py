@@ -53,6 +53,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: the repository's packages are not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.serve import procs  # noqa: E402
+
 WORK = REPO / ".compose-test"
 CACHE = Path(os.environ.get("COMPOSE_TEST_CACHE", Path.home() / ".cache" / "mmssl-compose-test"))
 PROJECT = "mmssl-compose-test"
@@ -123,14 +128,8 @@ def run(
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise StepFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+    """``benchmarks.serve.procs.wait_for``, raising StepFailed after ``timeout_s``."""
+    return procs.wait_for(what, check, timeout_s, every_s, error=StepFailed)
 
 
 def free_port() -> int:

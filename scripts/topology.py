@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: the repository's packages are not installed
     sys.path.insert(0, str(REPO))
 
+from benchmarks.serve import procs  # noqa: E402
 from benchmarks.serve.procs import descendants, free_port  # noqa: E402
 
 ADMIN_TOKEN = "topology-admin-token"
@@ -68,15 +69,8 @@ class TopologyError(RuntimeError):
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
-    """Call ``check`` until it returns something truthy; TopologyError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TopologyError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+    """``benchmarks.serve.procs.wait_for``, raising TopologyError after ``timeout_s``."""
+    return procs.wait_for(what, check, timeout_s, every_s, error=TopologyError)
 
 
 @dataclass

@@ -16,13 +16,31 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float,
+    every_s: float = 0.2,
+    error: Callable[[str], Exception] = TimeoutError,
+) -> Any:
+    """Call ``check`` every ``every_s`` until it returns something truthy, and return that;
+    ``error("timed out after ...s waiting for WHAT")`` raised after ``timeout_s``. The one poll loop
+    of scripts/topology.py and scripts/compose_test.py (each passes its own error type)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every_s)
 
 
 def free_port() -> int:
@@ -220,6 +238,8 @@ class ApiServer(Managed):
         super().__init__(argv, env, log_path)
 
     def wait_ready(self, timeout: float = 60) -> None:
+        import httpx  # here, not at the top: scripts/compose_test.py imports this module stdlib-only
+
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive():
@@ -235,6 +255,8 @@ class ApiServer(Managed):
         """With several workers, /readyz answers as soon as ONE has started, and keep-alive connections
         made then all stay on it. Each worker loads its own model: distinct ``loaded_at`` values in
         /model answers (one new connection each) show how many are accepting."""
+        import httpx
+
         if self.workers == 1:
             return True
         seen = set()
@@ -270,6 +292,8 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 def scrape(url: str) -> dict[str, float]:
     """/metrics as {"name{labels}": value}. With several uvicorn workers this is ONE worker's view."""
+    import httpx
+
     out: dict[str, float] = {}
     for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
         m = _SAMPLE.match(line)

@@ -168,3 +168,24 @@ def test_items_checks_pass_only_when_every_replica_serves_the_change() -> None:
     leaky = {**ok, "ct-item-1": {"available": False, "shown": True}}
     why = scenario_on({"x": leaky}).items_on("http://x", ct.ITEMS_AFTER)
     assert why == "similar of ct-item-0 returned unavailable items ['ct-item-1']"
+
+
+def test_both_scripts_use_the_one_wait_for_of_benchmarks_serve_procs() -> None:
+    import topology
+
+    from benchmarks.serve import procs
+
+    assert ct.procs is procs and topology.procs is procs
+    calls = iter([0, "", "ready"])
+    assert procs.wait_for("x", lambda: next(calls), 5, 0.0) == "ready"
+    for module, error in ((ct, ct.StepFailed), (topology, topology.TopologyError)):
+        with pytest.raises(error, match="timed out after 0s waiting for nothing"):
+            module.wait_for("nothing", lambda: None, 0.05, 0.01)
+    # stdlib-only: compose_test.py --help works with a Python that has none of the project's packages
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys; sys.argv = ['compose_test.py', '--help']; "
+         f"sys.path.insert(0, {str(REPO / 'scripts')!r}); import runpy; "
+         f"runpy.run_path({str(REPO / 'scripts' / 'compose_test.py')!r}, run_name='__main__')"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0 and "usage: compose_test.py" in r.stdout, r.stderr
