@@ -124,6 +124,20 @@ class RQBackend(JobBackend):
             self.connection.eval(LOCK_RELEASE_SCRIPT, 1, self.lock_key, holder or "")
         else:
             raise RetrainConflictError("another retrain took the lock first", None)
+        # The lock alone is not proof that nothing runs: a Redis outage longer than its TTL
+        # (3 x RETRAIN_HEARTBEAT_S) lets it lapse under a job that is still training. RQ's started
+        # registry still lists that job while its worker heart-beats (dead workers' jobs are moved
+        # to failed by the cleanup that get_job_ids runs first): refuse while it holds one.
+        running = [
+            j
+            for j in StartedJobRegistry(self.queue.name, connection=self.connection).get_job_ids()
+            if j != job_id
+        ]
+        if running:
+            self.connection.eval(LOCK_RELEASE_SCRIPT, 1, self.lock_key, job_id)
+            raise RetrainConflictError(
+                f"retrain job {running[0]} is still running (its lock lapsed, RQ still runs it)", running[0]
+            )
         try:
             self.queue.enqueue_call(
                 JOB_RUNNER_FUNC,
