@@ -64,7 +64,9 @@ def test_recommender_mask_equals_brute_force_for_any_share_unavailable(tmp_path:
 
     art = contract.load_artifact(svc_artifacts.write(tmp_path, n_items=600, seed=7))
     emb = art.arrays.item_embeddings.astype(np.float64)
-    rec = Recommender(art, build_index(art.arrays.item_embeddings, IndexConfig(kind="flat")), overfetch_cap=64)
+    rec = Recommender(
+        art, build_index(art.arrays.item_embeddings, IndexConfig(kind="flat")), overfetch_cap=64
+    )
     rng = np.random.default_rng(8)
     for trial in range(40):
         mask = rng.random(600) < rng.choice([0.0, 0.2, 0.9, 0.99])
