@@ -22,7 +22,7 @@ from training.data import Dataset
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
 
-CONTENT_CHOICES = ("profile", "bpr", "ridge", "none")
+CONTENT_CHOICES = ("bpr", "profile", "ridge", "none")
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,15 @@ def export_checkpoint(
     parent_version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
     notes: dict[str, Any] | None = None,
-    content: str = "profile",
+    content: str = "bpr",
 ) -> Path:
     """Write ``artifact_root/<version>`` from ``checkpoint_path`` (a best.pt) and return its path.
 
     With item features in the data, ``content`` fits the content mapper on the items with training
     interactions, exports it (artifact/content.py) and gives every item without one its h_i from
-    its features: ``"profile"`` (default, chosen on the cold-start benchmark's cold validation
-    items, docs/BENCHMARKS.md) in closed form so that h_u . h_i imitates the user's content
-    profile, ``"bpr"`` by BPR against the trained h_u, ``"ridge"`` by ridge regression onto the
+    its features: ``"bpr"`` (default, chosen on the cold-start benchmark's cold validation items,
+    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"profile"`` in closed form so that
+    h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
     trained h_i (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
