@@ -123,15 +123,22 @@ def train_variant(
     seed: int,
     overrides: list[str],
     kinds: list[str],
+    reuse: bool = False,
 ) -> dict[str, Artifact]:
-    """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact."""
+    """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact.
+
+    ``reuse``: take the checkpoint an earlier run with the same ``--out`` left in ``run-<variant>``
+    (only the exports are redone; the export refuses a checkpoint of other data)."""
     out.mkdir(parents=True, exist_ok=True)
     run, store, log = out / f"run-{variant}", out / "store", out / f"log-{variant}.txt"
     config_args = ["--config", config] if config else []
-    trained = _training_cli(
-        "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
-        f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
-    )  # fmt: skip
+    if reuse and (run / "best.pt").exists():
+        trained = {"run_dir": str(run)}
+    else:
+        trained = _training_cli(
+            "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
+            f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
+        )  # fmt: skip
     arts = {}
     for content in [*kinds, "none"]:
         exported = _training_cli(
@@ -331,10 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["id_only"])
     p.add_argument("--knn", type=int, default=10)
     p.add_argument(
-        "--content", nargs="+", choices=("ridge", "bpr"), default=["ridge", "bpr"],
+        "--content", nargs="+", choices=("bpr", "profile", "ridge"), default=["bpr", "profile", "ridge"],
         help="content path kinds to export and score; the first is the reference of the differences",
     )  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument(
+        "--reuse", action="store_true",
+        help="reuse the trained checkpoints an earlier run left under --out (same data, seed, config)",
+    )  # fmt: skip
     p.add_argument("--ordinary", action="store_true", help="also the ordinary split's cold pairs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/coldstart"))
     p.add_argument("overrides", nargs="*", help="key=value trainer overrides for every run")
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "hybrid": (np.union1d(warm_items, reported), _union(dataset.val, cold_target)),
     }
     arts = {
-        v: train_variant(derived, out, v, args.config, args.seed, args.overrides, args.content)
+        v: train_variant(derived, out, v, args.config, args.seed, args.overrides, args.content, args.reuse)
         for v in args.variants
     }
     methods = rankings(dataset, arts, all_cold, args.knn, args.seed)

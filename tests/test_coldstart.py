@@ -95,3 +95,22 @@ def test_paired_bootstrap_and_paired_intervals_share_the_sign_variant_minus_refe
     assert boot["better"]["diff"] == pytest.approx(0.25)
     assert list(inter["differences"]) == ["better - ref"]
     assert inter["differences"]["better - ref"]["m"][0] == pytest.approx(0.25)
+
+
+def test_train_variant_reuse_keeps_the_checkpoint_and_redoes_the_exports(tiny_data, tmp_path):
+    from benchmarks.coldstart import train_variant
+    from tests.conftest import FAST_OVERRIDES
+
+    overrides = [*FAST_OVERRIDES, "epochs=1"]
+    first = train_variant(tiny_data, tmp_path, "id_only", None, 1, overrides, ["bpr"])
+    best = tmp_path / "run-id_only" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    again = train_variant(tiny_data, tmp_path, "id_only", None, 1, overrides, ["profile"], reuse=True)
+    assert best.stat().st_mtime_ns == stamp  # not retrained
+    assert set(first) == {"bpr", "none"} and set(again) == {"profile", "none"}
+    assert again["profile"].manifest.content is not None
+    assert again["profile"].manifest.content["kind"] == "profile"
+    # the same trained model under both: identical user vectors
+    assert np.array_equal(first["none"].arrays.user_embeddings, again["none"].arrays.user_embeddings)
+    log = (tmp_path / "log-id_only.txt").read_text()
+    assert log.count("python -m training train") == 1 and log.count("python -m training export") == 4

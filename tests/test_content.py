@@ -246,3 +246,53 @@ def test_bpr_fitted_mapper_uses_the_same_files_and_learns_to_rank(trained_run, t
         from artifact.content import content_manifest_entry
 
         content_manifest_entry({"image": 4}, [], 0, {}, kind="mlp")
+
+
+def test_profile_mapper_equals_an_independent_closed_form_and_ranks_by_the_content_profile(
+    trained_run, tmp_path
+):
+    """kind="profile": the exported numpy map equals a reference built here with plain loops and
+    numpy least squares (profiles per user, the augmented ridge, a fitted line for s and c), and
+    among new items it ranks as s p_u . z_i through the user's vector (s > 0)."""
+    dataset, _, run_dir, _ = trained_run
+    art = load_artifact(export_checkpoint(run_dir / BEST, dataset, tmp_path, content="profile"))
+    assert art.manifest.content is not None and art.manifest.content["kind"] == "profile"
+    assert CONTENT_MAPPER in json.loads((art.path / "manifest.json").read_text())["files"]  # checksummed
+    cp = load_content_path(art)
+    assert cp is not None
+    fit = art.manifest.content["fit"]
+    popularity = dataset.train.item_counts(dataset.n_items)
+    cold, warm = np.flatnonzero(popularity == 0), np.flatnonzero(popularity > 0)
+    assert np.array_equal(filled_items(art), cold)
+    feats = [dataset.features[m].astype(np.float64) for m in cp.modalities]
+    z = np.hstack([(f - f[warm].mean(0)) / f[warm].std(0) for f in feats])
+    users = art.arrays.user_embeddings.astype(np.float64)
+    active = [u for u in range(dataset.n_users) if len(dataset.train.items_of(u))]
+    profiles = np.stack([z[dataset.train.items_of(u)].mean(0) for u in active])
+    h = users[active]
+    lam = 1e-3 * len(active)
+    assert fit["alpha"] == 1e-3 and fit["lambda"] == pytest.approx(lam) and fit["n_users"] == len(active)
+    d = h.shape[1]
+    w = np.linalg.lstsq(
+        np.vstack([h, np.sqrt(lam) * np.eye(d)]), np.vstack([profiles, np.zeros((d, z.shape[1]))]), rcond=None
+    )[0]
+    mapped = z @ w.T  # (n_items, d)
+    target = art.arrays.item_embeddings[warm].astype(np.float64)  # warm rows: the model's own
+    # s, c: least squares of target on [s * mapped + c] over the warm items, all d columns at once
+    design = np.zeros((warm.size * d, 1 + d))
+    design[:, 0] = mapped[warm].ravel()
+    design[:, 1:] = np.tile(np.eye(d), (warm.size, 1))
+    sol = np.linalg.lstsq(design, target.ravel(), rcond=None)[0]
+    assert (
+        sol[0] > 0
+        and fit["scale"] == pytest.approx(sol[0], rel=1e-6)
+        and fit["scale_rule"] == "least squares"
+    )
+    expected = sol[0] * mapped + sol[1:]
+    got = cp.item_vectors(dataset.features)
+    assert np.abs(got - expected).max() <= 1e-3 * max(1.0, float(np.abs(expected).max()))
+    assert np.abs(art.arrays.item_embeddings[cold] - got[cold]).max() <= 1e-5
+    # Among new items, h_u . h_i = s (h_u W) . z_i + h_u . c: the fitted profile's score up to a
+    # per-user constant, so every user's order of new items is the profile's.
+    offset = users[active] @ got[cold].T - sol[0] * (h @ w) @ z[cold].T
+    assert np.abs(offset - (h @ sol[1:])[:, None]).max() <= 1e-3 * max(1.0, float(np.abs(offset).max()))

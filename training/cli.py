@@ -149,11 +149,12 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 # Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
 CONTENT_PATH_ARG: dict[str, Any] = {
-    "choices": ("ridge", "bpr", "none"),
+    "choices": ("bpr", "profile", "ridge", "none"),
     "default": "bpr",
     "help": "bpr (default): export a content mapper fitted by BPR against the trained user vectors "
-    "and fill the vectors of items without training interactions from their features; ridge: the "
-    "same linear map by ridge regression onto the trained item vectors; none: export as trained",
+    "and fill the vectors of items without training interactions from their features; profile: the "
+    "same linear map in closed form so that h_u . h_i imitates the user's content profile; ridge: by "
+    "ridge regression onto the trained item vectors; none: export as trained",
 }
 
 

@@ -11,12 +11,18 @@ import torch
 
 from artifact.content import content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
-from training.content import content_arrays, fit_content_mapper, fit_content_mapper_bpr, mapper_vectors
+from training.content import (
+    content_arrays,
+    fit_content_mapper,
+    fit_content_mapper_bpr,
+    fit_content_mapper_profile,
+    mapper_vectors,
+)
 from training.data import Dataset
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
 
-CONTENT_CHOICES = ("ridge", "bpr", "none")
+CONTENT_CHOICES = ("bpr", "profile", "ridge", "none")
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,8 @@ def export_checkpoint(
     With item features in the data, ``content`` fits the content mapper on the items with training
     interactions, exports it (artifact/content.py) and gives every item without one its h_i from
     its features: ``"bpr"`` (default, chosen on the cold-start benchmark's cold validation items,
-    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"ridge"`` by ridge regression onto the
+    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"profile"`` in closed form so that
+    h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
     trained h_i (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
@@ -68,9 +75,14 @@ def export_checkpoint(
         warm = np.flatnonzero(popularity > 0)
         if content == "ridge":
             fit = fit_content_mapper(dataset.features, item_embeddings, warm)
-        else:
+        elif content == "bpr":
             pair_users, pair_items = dataset.train.to_pairs()
             fit = fit_content_mapper_bpr(dataset.features, out.user.numpy(), pair_users, pair_items, warm)
+        else:
+            pair_users, pair_items = dataset.train.to_pairs()
+            fit = fit_content_mapper_profile(
+                dataset.features, out.user.numpy(), item_embeddings, pair_users, pair_items, warm
+            )
         filled = np.flatnonzero(popularity == 0)
         if filled.size:
             item_embeddings[filled] = mapper_vectors(fit.mapper, dataset.features, filled)
