@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import MMSSL, MMSSLConfig, build_interaction_graph, build_modality_views
-from model.graph import csr_rows_dense, modality_topk, observed_rows, views_from_topk
+from model.graph import (
+    cosine_blocks,
+    csr_rows_dense,
+    mean_operators,
+    modality_topk,
+    observed_rows,
+    spmm,
+    views_from_topk,
+)
 from model.mmssl import Discriminator, ModalityAttention
 
 
@@ -271,3 +280,95 @@ def test_the_default_config_still_builds_the_papers_model():
     tc = TrainConfig()
     assert tc.adv_item_columns == 0  # the discriminator sees every item column, as in Eq. 4-7
     assert (tc.cl_temperature, tc.cl_weight, tc.gp_weight) == (0.5, 0.03, 1.0)
+
+
+# ------------------------------------------------------------------ graph operators, numpy references
+
+# 4 users, 5 items; user 3 and item 4 have no interactions, user 2 and item 3 have exactly one
+_U = [0, 0, 0, 1, 1, 2]
+_I = [2, 0, 1, 1, 3, 0]
+
+
+def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(_U), torch.tensor(_I)
+
+
+def _dense_a() -> np.ndarray:
+    a = np.zeros((4, 5))
+    a[_U, _I] = 1.0
+    return a
+
+
+def test_mean_operators_without_given_orders_equal_numpy():
+    a = _dense_a()
+    du, di = a.sum(1), a.sum(0)
+    user_mean, item_mean = mean_operators(*_pairs(), 4, 5)
+    expected_u = a / np.sqrt(np.maximum(du, 1))[:, None]
+    expected_i = a.T / np.sqrt(np.maximum(di, 1))[:, None]
+    np.testing.assert_allclose(user_mean.to_dense().numpy(), expected_u, rtol=1e-6)
+    np.testing.assert_allclose(item_mean.to_dense().numpy(), expected_i, rtol=1e-6)
+    # the CSR row pointers say the same as the dense values (a wrong sort order breaks them)
+    assert user_mean.crow_indices().tolist() == [0, 3, 5, 6, 6]
+    assert item_mean.crow_indices().tolist() == [0, 2, 4, 5, 6, 6]
+
+
+def test_interaction_graph_default_is_symmetric_and_equals_numpy():
+    a = _dense_a()
+    du, di = a.sum(1), a.sum(0)
+    g = build_interaction_graph(*_pairs(), 4, 5)  # default normalisation
+    sym = a / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :]
+    np.testing.assert_allclose(g.user_gnn.to_dense().numpy(), sym, rtol=1e-6)
+    np.testing.assert_allclose(g.item_gnn.to_dense().numpy(), sym.T, rtol=1e-6)
+    assert sym[2, 0] == pytest.approx(1 / math.sqrt(1 * 2))  # the degree-1 user
+    assert g.item_degree.dtype == torch.float32
+    assert g.item_degree.tolist() == di.tolist()  # 5 entries: item 4 has none
+    assert g.indptr.tolist() == [0, 3, 5, 6, 6]
+    assert g.indices.tolist() == [0, 1, 2, 1, 3, 0]
+    with pytest.raises(ValueError, match="graph_norm must be 'paper' or 'symmetric', got 'row'"):
+        build_interaction_graph(*_pairs(), 4, 5, "row")
+
+
+def test_csr_rows_dense_with_a_single_interaction():
+    out = csr_rows_dense(torch.tensor([0, 0, 1]), torch.tensor([2]), torch.tensor([1, 0]), 3)
+    assert out.tolist() == [[0, 0, 1], [0, 0, 0]]
+
+
+def test_cosine_blocks_equal_numpy_cosines():
+    gen = torch.Generator().manual_seed(0)
+    f_u, f_i = torch.randn(4, 3, generator=gen) * 5, torch.randn(6, 3, generator=gen)
+    users = torch.tensor([2, 0])
+    u, i = f_u.numpy()[[2, 0]], f_i.numpy()
+    expected = (u @ i.T) / np.linalg.norm(u, axis=1)[:, None] / np.linalg.norm(i, axis=1)[None, :]
+    np.testing.assert_allclose(cosine_blocks(f_u, f_i, users).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_views_with_one_modality_k_one_and_item_zero_on_top():
+    # user 0's best item is item 0 (it must stay active), user 1 inactive
+    f_u = [torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 1.0]])]
+    f_i = [torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])]
+    views = build_modality_views(f_u, f_i, 1, torch.tensor([0, 2]))
+    assert views.topk_items[0].tolist() == [[0], [-1], [1]]
+    expected = np.zeros((3, 3))
+    expected[0, 0] = expected[2, 1] = 1.0  # 1/sqrt(k), k = 1
+    np.testing.assert_allclose(views.user_to_item[0].to_dense().numpy(), expected)
+    np.testing.assert_allclose(views.item_to_user[0].to_dense().numpy(), expected.T)
+    with pytest.raises(ValueError):
+        modality_topk(f_u, f_i + f_i, 1, torch.tensor([0]))
+
+
+def test_spmm_values_and_that_its_backward_uses_the_given_transpose():
+    a = torch.tensor(_dense_a(), dtype=torch.float32)
+    matrix = a.to_sparse_csr()
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.randn(5, 3, generator=gen, requires_grad=True)
+    weight = torch.randn(4, 3, generator=gen)
+    out = spmm(matrix, dense)  # no transpose: torch's own product and backward
+    torch.testing.assert_close(out, a @ dense.detach())
+    (out * weight).sum().backward()
+    torch.testing.assert_close(dense.grad, a.T @ weight)
+    # with a transpose the backward is that matrix's product: a doubled one doubles the gradient
+    dense.grad = None
+    out = spmm(matrix, dense, (2 * a.T).to_sparse_csr())
+    torch.testing.assert_close(out, a @ dense.detach())
+    (out * weight).sum().backward()
+    torch.testing.assert_close(dense.grad, 2 * a.T @ weight)

@@ -215,3 +215,90 @@ def test_recommender_refuses_an_index_of_another_size(artifact_path: Path) -> No
         match=f"index holds {artifact.manifest.n_items - 1} items, artifact {artifact.manifest.n_items}",
     ):
         Recommender(artifact, index)
+
+
+def test_exact_scoring_for_every_k_equals_brute_force(artifact_path: Path) -> None:
+    # overfetch_cap 0: every query goes to the numpy scoring; each k from 1 to all items, so that
+    # the partition point (k - 1) is checked at both ends and in between
+    rec = _recommender(artifact_path, overfetch_cap=0)
+    item_emb = rec.artifact.arrays.item_embeddings
+    rng = np.random.default_rng(7)
+    for k in [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, rec.n_items - 1, rec.n_items]:
+        for _ in range(3):
+            query = rng.normal(size=rec.dim).astype(np.float32)
+            exclude = rng.choice(rec.n_items, size=int(rng.integers(0, 4)), replace=False)
+            want = min(k, rec.n_items - len(exclude))
+            labels, scores = rec.top_k(query, k, exclude)
+            expected = _brute_force(item_emb, query, want, exclude)
+            assert labels.tolist() == expected.tolist(), (k, exclude.tolist())
+            assert scores.dtype == np.float32
+            np.testing.assert_allclose(scores, item_emb[expected] @ query, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_query_still_scores_in_float32(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path, overfetch_cap=0)
+    query = np.random.default_rng(10).normal(size=rec.dim)  # float64, as a caller may pass
+    labels, scores = rec.top_k(query, 5, np.array([], dtype=np.int64))
+    item_emb = rec.artifact.arrays.item_embeddings
+    assert scores.dtype == np.float32
+    assert labels.tolist() == _brute_force(item_emb, query, 5, np.array([], dtype=np.int64)).tolist()
+
+
+def test_an_empty_exclude_of_any_dtype_is_no_exclude(artifact_path: Path) -> None:
+    # np.array([]) is float64; an empty exclude must not reach the fallback's fancy indexing
+    rec = _recommender(artifact_path, overfetch_cap=0)
+    query = np.random.default_rng(11).normal(size=rec.dim).astype(np.float32)
+    labels, _ = rec.top_k(query, 4, np.array([]))
+    item_emb = rec.artifact.arrays.item_embeddings
+    assert labels.tolist() == _brute_force(item_emb, query, 4, np.array([], dtype=np.int64)).tolist()
+
+
+def test_k_one_and_k_zero(artifact_path: Path) -> None:
+    rec = _recommender(artifact_path)
+    query = np.random.default_rng(12).normal(size=rec.dim).astype(np.float32)
+    empty = np.array([], dtype=np.int64)
+    labels, scores = rec.top_k(query, 1, empty)
+    assert labels.tolist() == _brute_force(rec.artifact.arrays.item_embeddings, query, 1, empty).tolist()
+    assert scores.shape == (1,)
+    labels, scores = rec.top_k(None, 1, empty)
+    assert labels.tolist() == [int(np.argmax(rec.artifact.arrays.item_popularity))]
+    for vector in (query, None):
+        labels, scores = rec.top_k(vector, 0, empty)
+        assert labels.size == 0 and scores.shape == (0,) and scores.dtype == np.float32
+        labels, scores = rec.top_k(vector, 5, np.arange(rec.n_items))
+        assert labels.size == 0 and scores.shape == (0,) and scores.dtype == np.float32
+
+
+def test_an_approximate_index_answers_when_the_fetch_fits_under_the_cap(tmp_path: Path) -> None:
+    # IVF probes 16 of ~44 lists, so its top 10 is not always the exact top 10: with k + |exclude|
+    # equal to the cap, the index's own answer must come back, not the exact fallback's
+    path = svc_artifacts.write(tmp_path, n_items=2000, dim=16, seed=3)
+    rec = _recommender(path, kind="ivf", overfetch_cap=10)
+    rng = np.random.default_rng(13)
+    empty = np.array([], dtype=np.int64)
+    differs = 0
+    for _ in range(20):
+        query = rng.normal(size=rec.dim).astype(np.float32)
+        labels, _ = rec.top_k(query, 10, empty)
+        _, index_labels = rec.index.search(query, 10)
+        assert labels.tolist() == index_labels.tolist()
+        truth = _brute_force(rec.artifact.arrays.item_embeddings, query, 10, empty)
+        differs += labels.tolist() != truth.tolist()
+    assert differs > 0  # the check above could tell the two apart
+
+
+def test_plans_of_unknown_users_carry_empty_arrays_and_lookup_of_nothing_is_int64(
+    artifact_path: Path,
+) -> None:
+    rec = _recommender(artifact_path)
+    assert rec.overfetch_cap == 2048  # the default
+    fold = rec.plan("stranger", np.array([7, 2, 7]))
+    assert fold.train_items.dtype == np.int64 and fold.train_items.size == 0
+    assert fold.vector_items.tolist() == [2, 7]
+    pop = rec.plan("stranger", np.array([], dtype=np.int64))
+    assert pop.user_index is None
+    for arr in (pop.train_items, pop.vector_items):
+        assert arr.dtype == np.int64 and arr.size == 0
+    found, unknown = rec.lookup_items(["nope", "nada"])
+    assert found.dtype == np.int64 and found.size == 0 and unknown == ["nope", "nada"]
+    assert rec.item_ids(found) == []
