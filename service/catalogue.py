@@ -47,10 +47,10 @@ from artifact import contract
 from artifact.content import ContentPath, load_content_path
 from artifact.contract import Artifact, ArtifactError
 from service.errors import StoreUnavailableError, limit_exceeded
+from service.index import build_index
 from service.itemlog import ItemChange, ItemLog
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.index import build_index
 from service.recommender import Recommender, SearchSpace, UserPlan
 from service.schemas import ItemsRequest
 from service.settings import Settings
