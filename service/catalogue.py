@@ -5,9 +5,11 @@ updates them, or makes any item unavailable. The ``Catalogue`` is the one owner 
 state; what requests use is a ``CatalogueView``, an immutable pair (serving ``Recommender``, overlay
 arrays) that is replaced by one reference assignment, so a search never sees half of a batch:
 
-* items of the artifact keep their FAISS index; items added through the API live in a small side
-  index (an exact FAISS IndexFlatIP over their h_i, built with each view and never changed after)
-  searched beside it and merged by score at query time: no index being searched is ever added to;
+* over an exact (flat) artifact index, each view holds a copy of it with the added items' h_i
+  appended, built before any search sees it and never changed after: one search per request. Over
+  an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS``, the added items
+  live in a small exact side index searched beside the artifact's and merged by score. No index
+  being searched is ever added to;
 * unavailable items (of either kind) are excluded from every result: ``/recommend`` (all paths,
   the popularity fallback included) and ``/items/{id}/similar``;
 * item indices of a view run over the artifact's items (0..n-1) and then the added ones (n..), so
