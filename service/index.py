@@ -42,6 +42,11 @@ class ItemIndex:
         self.max_k = min(self.ntotal, GPU_MAX_K) if self.on_gpu else self.ntotal
         self._config = config
 
+    @property
+    def config(self) -> IndexConfig:
+        """How it was built (to build another the same way)."""
+        return self._config
+
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """query (d,) float32 -> (scores (k',), item indices (k',)); k' <= k, missing entries dropped."""
         k = min(k, self.max_k)

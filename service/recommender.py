@@ -36,6 +36,19 @@ class UserPlan:
     vector_items: np.ndarray  # (m,) items N_u the vector is computed from (fresh and fold_in paths)
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """Item vectors to rank by inner product and the index over them (never changed once built).
+
+    The Recommender's own is the artifact's items; ``service.catalogue`` builds one over the
+    artifact's items followed by those added through the API, so one search ranks them all.
+    """
+
+    index: ItemIndex
+    item_embeddings: np.ndarray  # (n_items, d) float32, row i is index label i
+    n_items: int
+
+
 class Recommender:
     def __init__(self, artifact: Artifact, index: ItemIndex, overfetch_cap: int = 2048) -> None:
         a = artifact.arrays
@@ -56,6 +69,7 @@ class Recommender:
         self._user_embeddings = np.ascontiguousarray(a.user_embeddings, dtype=np.float32)
         self._pop_order = np.argsort(-a.item_popularity, kind="stable")  # most popular first
         self._pop_scores = a.item_popularity[self._pop_order].astype(np.float32)
+        self.space = SearchSpace(index, self._item_embeddings, self.n_items)
 
     # ---------------------------------------------------------------- ids
 
@@ -119,6 +133,7 @@ class Recommender:
         exclude: np.ndarray,
         unavailable: np.ndarray | None = None,
         n_unavailable: int | None = None,
+        space: SearchSpace | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` items not in ``exclude`` nor marked in ``unavailable``: (item indices (k',),
         scores (k',)), best first.
@@ -129,7 +144,14 @@ class Recommender:
         to the candidates, never turned into a longer exclude list: however many items are
         unavailable, the index search stays the fast path while it finds ``k`` available ones.
         ``vector`` None ranks by training popularity (the score is the interaction count).
+        ``space``: the items to rank and their index when not the artifact's own (a vector is then
+        required: popularity covers the artifact's items only); indices and masks are over it.
         """
+        if space is None:
+            space = self.space
+        elif vector is None:
+            raise ValueError("the popularity path ranks the artifact's items only")
+        n_items, index = space.n_items, space.index
         exclude = np.unique(exclude) if exclude.size else _EMPTY
         if unavailable is not None and n_unavailable is None:
             n_unavailable = int(unavailable.sum())
@@ -139,13 +161,13 @@ class Recommender:
         if exclude.size:
             # (n_items,) bool; np.zeros is calloc'd (pages touched only where set): much cheaper
             # than np.isin, and per call so it is safe from any thread.
-            excluded = np.zeros(self.n_items, dtype=bool)
+            excluded = np.zeros(n_items, dtype=bool)
             excluded[exclude] = True
         n_gone = exclude.size
         if unavailable is not None:
             assert n_unavailable is not None
             n_gone += n_unavailable - int(unavailable[exclude].sum())
-        want = min(k, self.n_items - n_gone)
+        want = min(k, n_items - n_gone)
         if want <= 0:
             return _EMPTY, np.zeros(0, dtype=np.float32)
 
@@ -161,11 +183,11 @@ class Recommender:
         # many. Unavailable items are not counted one by one (there may be more of them than the
         # cap): the fetch is widened by the share of the catalogue they take, and grown if short.
         base_fetch = fetch = want + exclude.size
-        limit = min(self.overfetch_cap, self.index.max_k)
+        limit = min(self.overfetch_cap, index.max_k)
         if unavailable is not None:
             assert n_unavailable is not None
-            share = n_unavailable / self.n_items
-            fetch = min(self.n_items, int(np.ceil(fetch / max(1.0 - share, 1e-3) * 1.25)) + 8)
+            share = n_unavailable / n_items
+            fetch = min(n_items, int(np.ceil(fetch / max(1.0 - share, 1e-3) * 1.25)) + 8)
             if base_fetch <= limit:
                 fetch = min(fetch, limit)
         if vector is None:
@@ -178,22 +200,28 @@ class Recommender:
                 fetch = min(self.n_items, 4 * fetch)
         query = np.ascontiguousarray(vector, dtype=np.float32)
         while fetch <= limit:
-            scores, labels = self.index.search(query, fetch)
+            scores, labels = index.search(query, fetch)
             ok = keep(labels)
             labels, scores = labels[ok], scores[ok]
             if labels.size >= want:
                 return labels[:want], scores[:want]
-            if fetch >= min(limit, self.n_items):
+            if fetch >= min(limit, n_items):
                 break  # an approximate index found too few candidates
             fetch = min(limit, 4 * fetch)
         # beyond the cap, or too few candidates: exact scoring
         self.exact_searches += 1
-        return self._exact_top_k(query, want, exclude, unavailable)
+        return self._exact_top_k(query, want, exclude, unavailable, space.item_embeddings)
 
     def _exact_top_k(
-        self, query: np.ndarray, want: int, exclude: np.ndarray, unavailable: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        want: int,
+        exclude: np.ndarray,
+        unavailable: np.ndarray | None = None,
+        item_embeddings: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        scores = self._item_embeddings @ query  # (n_items,)
+        embeddings = self._item_embeddings if item_embeddings is None else item_embeddings
+        scores = embeddings @ query  # (n_items,)
         scores[exclude] = -np.inf
         if unavailable is not None:
             scores[unavailable] = -np.inf

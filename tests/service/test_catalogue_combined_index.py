@@ -1,0 +1,152 @@
+"""The combined search space of a CatalogueView: the artifact's items and those added through the
+API in one exact FAISS index, searched once per request. Checked against numpy over the same
+vectors (float64), item ids included, not only scores."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import svc_artifacts
+
+from artifact import contract
+from artifact.content import load_content_path
+from service.catalogue import CatalogueView, ItemRecord
+from service.index import IndexConfig, build_index
+from service.recommender import Recommender
+
+DIMS = svc_artifacts.RAW_DIMS
+N_ADDED = 80
+
+
+def _features(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {m: rng.normal(size=size).astype(np.float32) for m, size in DIMS.items()}
+
+
+@pytest.fixture
+def setup(store_root: Path) -> tuple[Recommender, Any, dict[str, ItemRecord], np.random.Generator]:
+    path, _ = svc_artifacts.write_with_content(store_root, seed=3)
+    artifact = contract.load_artifact(path)
+    rec = Recommender(artifact, build_index(artifact.arrays.item_embeddings, IndexConfig(use_gpu=False)))
+    rng = np.random.default_rng(11)
+    records = {f"n{j}": ItemRecord(bool(rng.random() > 0.3), _features(rng), "1-0") for j in range(N_ADDED)}
+    records |= {f"i{i}": ItemRecord(False, None, "1-0") for i in rng.choice(120, 25, replace=False)}
+    return rec, load_content_path(artifact), records, rng
+
+
+def _reference(
+    view: CatalogueView, q: np.ndarray, k: int, exclude: np.ndarray, max_slots: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by numpy over artifact + added h_i; at most ``max_slots`` added items."""
+    vectors = np.concatenate([view.artifact.arrays.item_embeddings, view.new_vectors]).astype(np.float64)
+    ok = np.concatenate([view.base_available, view.new_available])
+    ok[exclude] = False
+    s = vectors @ q.astype(np.float64)
+    s[~ok] = -np.inf
+    order = [i for i in np.argsort(-s, kind="stable") if np.isfinite(s[i])]
+    if max_slots is not None:
+        added = [i for i in order if i >= view.n_base][:max_slots]
+        order = sorted([i for i in order if i < view.n_base] + added, key=lambda i: -s[i])
+    top = np.array(order[:k], dtype=np.int64)
+    return top, s[top]
+
+
+def _check(view: CatalogueView, rng: np.random.Generator, trials: int, max_slots: int | None = None) -> None:
+    for _ in range(trials):
+        q = rng.normal(size=view.dim).astype(np.float32)
+        exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
+        k = int(rng.integers(1, 80))
+        labels, scores = view.top_k(q, k, exclude)
+        want_labels, want_scores = _reference(view, q, k, exclude, max_slots)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+        gaps = np.diff(want_scores)
+        if want_scores.size < 2 or np.abs(gaps).min() > 1e-4:  # no near-tie: the ids are determined
+            assert labels.tolist() == want_labels.tolist()
+
+
+def test_one_search_over_artifact_and_added_items_is_exact(setup: Any) -> None:
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", None)
+    assert view.space is not None and view.space.n_items == view.n_items == 120 + N_ADDED
+    before = rec.exact_searches
+    _check(view, rng, trials=60)
+    # every answer came from the one combined search: the side index was never even built
+    assert "_side_index" not in view.__dict__
+    assert rec.exact_searches == before
+    # some answers do hold added items (else the check above says nothing about the merge)
+    q = view.new_vectors[int(np.flatnonzero(view.new_available)[0])]
+    assert (view.top_k(q, 5, np.zeros(0, dtype=np.int64))[0] >= view.n_base).any()
+
+
+def test_max_slots_bound_still_holds_and_stays_exact(setup: Any) -> None:
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", 2)
+    _check(view, rng, trials=60, max_slots=2)
+    for _ in range(20):
+        labels, _ = view.top_k(rng.normal(size=view.dim).astype(np.float32), 30, np.zeros(0, np.int64))
+        assert int((labels >= view.n_base).sum()) <= 2
+
+
+def test_availability_change_reuses_the_space_and_new_items_rebuild_it(setup: Any) -> None:
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", None)
+    # availability only (an added item and an artifact item): the same index, the new masks
+    flipped = {"n0": ItemRecord(not records["n0"].available, records["n0"].features, "2-0")}
+    flipped["i7"] = ItemRecord(False, None, "2-0")
+    records2 = records | flipped
+    view2 = view.apply(list(flipped), records2, "1-0")
+    assert view2.space is view.space
+    _check(view2, rng, trials=30)
+    # a new item and a re-featured one: a new combined index, the old view's one untouched
+    more = {"n1": ItemRecord(True, _features(rng), "3-0"), "z0": ItemRecord(True, _features(rng), "3-0")}
+    records3 = records2 | more
+    view3 = view2.apply(list(more), records3, "3-0")
+    assert view3.space is not None and view3.space is not view2.space
+    assert view3.space.n_items == view3.n_items == view2.n_items + 1
+    assert view2.space is not None and view2.space.index.ntotal == view2.n_items
+    _check(view3, rng, trials=30)
+    _check(view2, rng, trials=10)
+
+
+def test_searches_while_views_are_rebuilt_all_succeed(setup: Any) -> None:
+    """Readers search whatever view is current while a writer builds new ones (copy, then swap)."""
+    rec, content, records, rng = setup
+    current = [CatalogueView.build(rec, content, records, "1-0", None)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    counts = [0, 0, 0]
+
+    def reader(n: int) -> None:
+        r = np.random.default_rng(n)
+        while not stop.is_set():
+            view = current[0]
+            try:
+                q = r.normal(size=view.dim).astype(np.float32)
+                labels, scores = view.top_k(q, 10, np.zeros(0, np.int64))
+                assert labels.size == 10 and (labels < view.n_items).all()
+                assert np.all(np.diff(scores) <= 1e-6)
+                counts[n] += 1
+            except BaseException as exc:  # noqa: BLE001 - collected and reported below
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        recs = dict(records)
+        for b in range(15):
+            batch = {f"w{b}-{j}": ItemRecord(True, _features(rng), f"{4 + b}-0") for j in range(10)}
+            recs = recs | batch
+            current[0] = current[0].apply(list(batch), recs, f"{4 + b}-0")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert min(counts) > 0
+    assert current[0].n_items == 120 + N_ADDED + 150
+    _check(current[0], rng, trials=10)
