@@ -300,7 +300,10 @@ def adversarial_step(
         loss_d = loss_d + discriminator_loss(real_scores, critic(f_detached))
         loss_d = loss_d + tc.gp_weight * gradient_penalty(critic, real, f_detached)
     loss_d = loss_d / len(fake)
-    loss_d.backward()
+    # Only D's parameters: the gradient-penalty points are leaves that require grad, and a plain
+    # backward would also compute their (discarded) gradient, one more [users x items] x D-width
+    # product per modality through the double backward.
+    loss_d.backward(inputs=list(disc.parameters()))
     opt_discriminator.step()
     # L_G trains the generator only: with D's parameters frozen while its graph is recorded, the
     # model's backward skips D's weight gradients (they would be discarded by the next D step).
