@@ -106,13 +106,29 @@ class Discriminator(nn.Module):
         With ``columns`` (C,) item indices, rows are (B, C): the entries of those items only, and
         the first layer uses only their weight columns, i.e. D of a full row that is zero elsewhere.
         """
-        if columns is None:
-            return torch.sigmoid(self.net(rows)).squeeze(1)
+        return self.from_hidden(self.hidden(rows, columns))
+
+    def _first_linear(self) -> nn.Linear:
         first = self.net[0]
         assert isinstance(first, nn.Sequential)
         linear = first[0]
         assert isinstance(linear, nn.Linear)
-        hidden = F.linear(rows, linear.weight[:, columns], linear.bias)
+        return linear
+
+    def first_weight(self, columns: Tensor | None = None) -> Tensor:
+        """The first layer's weight, (hidden, n_items), or only its ``columns``: (hidden, C)."""
+        weight = self._first_linear().weight
+        return weight if columns is None else weight[:, columns]
+
+    def hidden(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
+        """The first Linear's output W a + b, (B, hidden): affine in the rows, so that for
+        alpha*real + (1-alpha)*fake it is alpha*hidden(real) + (1-alpha)*hidden(fake)."""
+        return F.linear(rows, self.first_weight(columns), self._first_linear().bias)
+
+    def from_hidden(self, hidden: Tensor) -> Tensor:
+        """D from the first Linear's output: (B, hidden) -> (B,) in (0, 1)."""
+        first = self.net[0]
+        assert isinstance(first, nn.Sequential)
         return torch.sigmoid(self.net[1:](first[1:](hidden))).squeeze(1)
 
 

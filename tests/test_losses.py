@@ -13,9 +13,11 @@ from model.losses import (
     discriminator_loss,
     generator_loss,
     gradient_penalty,
+    gradient_penalty_affine,
     gumbel_transform,
     l2_penalty,
 )
+from model.mmssl import Discriminator
 
 
 def test_bpr_loss_matches_closed_form():
@@ -226,3 +228,58 @@ def test_gumbel_transform_stays_finite_at_the_ends_of_the_uniform_range(monkeypa
     assert torch.isfinite(rows).all()
     # equal noise everywhere: the softmax of observed / tau alone
     assert torch.allclose(rows, torch.softmax(observed / 0.5, dim=1), atol=1e-9)
+
+
+def _d_loss_old(disc, real, fakes, columns):
+    """The discriminator step as it was: every critic call on |I|-wide rows."""
+
+    def critic(rows):
+        return disc(rows, columns)
+
+    loss = torch.zeros(())
+    real_scores = critic(real)
+    for f in fakes:
+        loss = loss + discriminator_loss(real_scores, critic(f)) + 0.7 * gradient_penalty(critic, real, f)
+    return loss / len(fakes)
+
+
+def _d_loss_new(disc, real, fakes, columns):
+    """As training.trainer.adversarial_step now computes it."""
+    weight = disc.first_weight(columns)
+    hidden_real = disc.hidden(real, columns)
+    real_scores = disc.from_hidden(hidden_real)
+    loss = torch.zeros(())
+    for f in fakes:
+        hidden_fake = disc.hidden(f, columns)
+        loss = loss + discriminator_loss(real_scores, disc.from_hidden(hidden_fake))
+        loss = loss + 0.7 * gradient_penalty_affine(disc.from_hidden, weight, hidden_real, hidden_fake)
+    return loss / len(fakes)
+
+
+@pytest.mark.parametrize("with_columns", [False, True])
+def test_affine_gradient_penalty_step_equals_the_row_wise_one(with_columns):
+    """Same loss and same discriminator gradients on a fixed seed, BatchNorm and dropout included
+    (the global RNG is consumed in the same order: dropout masks, alpha, dropout masks)."""
+    n_items, batch = 40, 6
+    torch.manual_seed(3)
+    disc = Discriminator(n_items, hidden=16, slope=0.2, dropout=0.3).train()
+    columns = torch.tensor([0, 3, 4, 9, 17, 21, 30, 39]) if with_columns else None
+    width = n_items if columns is None else columns.numel()
+    real = torch.rand(batch, width)
+    fakes = [torch.randn(batch, width), torch.randn(batch, width)]
+    grads, losses = [], []
+    for fn in (_d_loss_old, _d_loss_new):
+        torch.manual_seed(11)
+        disc.zero_grad(set_to_none=True)
+        loss = fn(disc, real, fakes, columns)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in disc.parameters()])
+    assert losses[0].item() != 0.0
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for new, old in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-6)
+    # a different alpha draw changes the penalty: the test can tell the two draws apart
+    torch.manual_seed(12)
+    other = _d_loss_new(disc, real, fakes, columns)
+    assert abs(other.item() - losses[0].item()) > 1e-6

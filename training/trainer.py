@@ -36,7 +36,7 @@ from model.losses import (
     cross_modal_info_nce,
     discriminator_loss,
     generator_loss,
-    gradient_penalty,
+    gradient_penalty_affine,
     gumbel_transform,
     l2_penalty,
 )
@@ -294,11 +294,17 @@ def adversarial_step(
 
     opt_discriminator.zero_grad(set_to_none=True)
     loss_d = torch.zeros((), device=users.device)
-    real_scores = critic(real)
+    # D's first layer is affine: the gradient penalty's interpolated rows reuse the real and fake
+    # rows' first-layer outputs (gradient_penalty_affine) instead of another |I|-wide product.
+    weight = disc.first_weight(columns)
+    hidden_real = disc.hidden(real, columns)
+    real_scores = disc.from_hidden(hidden_real)
     for f in fake:
-        f_detached = f.detach()
-        loss_d = loss_d + discriminator_loss(real_scores, critic(f_detached))
-        loss_d = loss_d + tc.gp_weight * gradient_penalty(critic, real, f_detached)
+        hidden_fake = disc.hidden(f.detach(), columns)
+        loss_d = loss_d + discriminator_loss(real_scores, disc.from_hidden(hidden_fake))
+        loss_d = loss_d + tc.gp_weight * gradient_penalty_affine(
+            disc.from_hidden, weight, hidden_real, hidden_fake
+        )
     loss_d = loss_d / len(fake)
     # Only D's parameters: the gradient-penalty points are leaves that require grad, and a plain
     # backward would also compute their (discarded) gradient, one more [users x items] x D-width
