@@ -23,7 +23,7 @@ Files (all float32):
 * ``content_filled_items.npy``   (n_filled,) int64: the item rows whose h_i (``item_embeddings.npy``)
   came from the mapper at export because they had no training interaction
 
-The manifest's ``content`` entry holds ``{"kind": "ridge" | "bpr" | "profile", "modalities":
+The manifest's ``content`` entry holds ``{"kind": "ridge" | "bpr" | "bpr-calibrated" | "profile", "modalities":
 {name: D_m}, "projected": [names], "n_filled": int, "fit": {...}}``.
 """
 
@@ -37,7 +37,12 @@ import numpy as np
 
 from artifact.contract import Artifact, ArtifactError
 
-CONTENT_KINDS = ("ridge", "bpr", "profile")  # how the linear mapper was fitted; the maths is the same
+CONTENT_KINDS = (
+    "ridge",
+    "bpr",
+    "bpr-calibrated",
+    "profile",
+)  # how the linear mapper was fitted; the maths is the same
 CONTENT_MAPPER = "content_mapper.npy"
 CONTENT_FILLED = "content_filled_items.npy"
 

@@ -296,3 +296,40 @@ def test_profile_mapper_equals_an_independent_closed_form_and_ranks_by_the_conte
     # per-user constant, so every user's order of new items is the profile's.
     offset = users[active] @ got[cold].T - sol[0] * (h @ w) @ z[cold].T
     assert np.abs(offset - (h @ sol[1:])[:, None]).max() <= 1e-3 * max(1.0, float(np.abs(offset).max()))
+
+
+def test_bpr_calibrated_is_the_bpr_map_on_the_warm_items_least_squares_line(trained_run, tmp_path):
+    """kind="bpr-calibrated": the same BPR fit (seeded) as kind="bpr", then h_i = s * map(z_i) + c
+    with s > 0 and c the least-squares line of the warm items' trained h_i on their mapped vectors,
+    computed here independently; every user's order of the filled items is bpr's."""
+    dataset, _, run_dir, _ = trained_run
+    plain = load_artifact(export_checkpoint(run_dir / BEST, dataset, tmp_path / "bpr", content="bpr"))
+    art = load_artifact(
+        export_checkpoint(run_dir / BEST, dataset, tmp_path / "cal", content="bpr-calibrated")
+    )
+    assert art.manifest.content is not None and art.manifest.content["kind"] == "bpr-calibrated"
+    assert CONTENT_MAPPER in json.loads((art.path / "manifest.json").read_text())["files"]
+    cp_plain, cp = load_content_path(plain), load_content_path(art)
+    assert cp_plain is not None and cp is not None
+    popularity = dataset.train.item_counts(dataset.n_items)
+    cold, warm = np.flatnonzero(popularity == 0), np.flatnonzero(popularity > 0)
+    assert cold.size and np.array_equal(filled_items(art), cold)
+    mapped = cp_plain.item_vectors(dataset.features).astype(np.float64)  # (n_items, d)
+    target = art.arrays.item_embeddings[warm].astype(np.float64)  # the trained warm rows
+    d = mapped.shape[1]
+    design = np.zeros((warm.size * d, 1 + d))
+    design[:, 0] = mapped[warm].ravel()
+    design[:, 1:] = np.tile(np.eye(d), (warm.size, 1))
+    sol = np.linalg.lstsq(design, target.ravel(), rcond=None)[0]
+    calibration = art.manifest.content["fit"]["calibration"]
+    assert sol[0] > 0 and calibration == {"scale": pytest.approx(sol[0], rel=1e-4), "rule": "least squares"}
+    expected = sol[0] * mapped + sol[1:]
+    got = cp.item_vectors(dataset.features)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    assert np.abs(art.arrays.item_embeddings[cold] - got[cold]).max() <= 1e-5
+    # the trained rows are untouched; among the filled items each user's order is bpr's
+    assert np.array_equal(art.arrays.item_embeddings[warm], plain.arrays.item_embeddings[warm])
+    users = art.arrays.user_embeddings.astype(np.float64)
+    s_cal = users @ got[cold].T.astype(np.float64)
+    s_plain = users @ plain.arrays.item_embeddings[cold].T.astype(np.float64)
+    assert np.allclose(s_cal, sol[0] * s_plain + (users @ sol[1:])[:, None], atol=1e-4)

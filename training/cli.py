@@ -149,10 +149,12 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 # Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
 CONTENT_PATH_ARG: dict[str, Any] = {
-    "choices": ("bpr", "profile", "ridge", "none"),
+    "choices": ("bpr", "bpr-calibrated", "profile", "ridge", "none"),
     "default": "bpr",
     "help": "bpr (default): export a content mapper fitted by BPR against the trained user vectors "
-    "and fill the vectors of items without training interactions from their features; profile: the "
+    "and fill the vectors of items without training interactions from their features; bpr-calibrated: "
+    "the bpr map scaled by the least-squares line of the warm items' trained vectors on their mapped "
+    "ones (same order of new items for every user, placed among the trained items); profile: the "
     "same linear map in closed form so that h_u . h_i imitates the user's content profile; ridge: by "
     "ridge regression onto the trained item vectors; none: export as trained",
 }

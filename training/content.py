@@ -194,6 +194,46 @@ def _bpr_epochs(
         losses.append(round(total / max(1, order.numel()), 4))
 
 
+def _fit_line(mapped: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor, str]:
+    """s > 0 and c (d,) of the least-squares line target ~= s * mapped + c over the rows (float64).
+
+    A positive s never flips a user's ranking of mapped items, and c adds h_u . c to all of them:
+    the line only places mapped items among the trained ones. A least-squares s <= 0 falls back to
+    matching the spread (rule "spread").
+    """
+    mapped, target = mapped.double(), target.double()
+    m_c, t_c = mapped - mapped.mean(0), target - target.mean(0)
+    scale = float((m_c * t_c).sum() / (m_c**2).sum().clamp(min=1e-12))
+    rule = "least squares"
+    if scale <= 0:  # never flip the ranking: match the spread instead
+        scale, rule = float(((t_c**2).sum() / (m_c**2).sum().clamp(min=1e-12)).sqrt()), "spread"
+    return scale, target.mean(0) - scale * mapped.mean(0), rule
+
+
+@torch.no_grad()
+def calibrate_mapper(
+    fit: ContentFit, features: Mapping[str, np.ndarray], item_vectors: np.ndarray, fit_items: np.ndarray
+) -> ContentFit:
+    """The map scaled by the least-squares line of the warm items' trained h_i on their mapped ones.
+
+    BPR fits only the order of items for each fixed h_u, so its map's scale is free: on the full
+    model the mapped vectors scored above the trained items and crowded warm items out of top-20
+    lists (docs/BENCHMARKS.md). The line h_i ~= s * map(z_i) + c with s > 0 keeps every user's order
+    of mapped items (h_u . c is the same for all of them) and places them among the trained items
+    as the warm items' own fit says.
+    """
+    fit_items = np.asarray(fit_items, dtype=np.int64)
+    mapped = torch.as_tensor(mapper_vectors(fit.mapper, features, fit_items))
+    target = torch.as_tensor(np.asarray(item_vectors)[fit_items])
+    scale, bias, rule = _fit_line(mapped, target)
+    linear = fit.mapper.linear
+    linear.bias.copy_((scale * linear.bias.double() + bias).to(linear.bias.dtype))
+    linear.weight.mul_(scale)
+    report = dict(fit.report, calibration={"scale": scale, "rule": rule})
+    log.info("content mapper: calibrated, scale %.4g (%s)", scale, rule)
+    return ContentFit(fit.mapper, report)
+
+
 PROFILE_ALPHA = 1e-3  # ridge strength per user, chosen on the cold-start benchmark's cold-validation half
 
 
@@ -240,12 +280,7 @@ def fit_content_mapper_profile(
     r2 = 1.0 - ((fitted - profiles) ** 2).sum() / ((profiles - profiles.mean(0)) ** 2).sum().clamp(min=1e-12)
     mapped = z[fit_items] @ weight.T  # (n_fit, d)
     target = torch.as_tensor(np.asarray(item_vectors, dtype=np.float64)[fit_items])
-    m_c, t_c = mapped - mapped.mean(0), target - target.mean(0)
-    scale = float((m_c * t_c).sum() / (m_c**2).sum().clamp(min=1e-12))
-    rule = "least squares"
-    if scale <= 0:  # never flip the ranking: match the spread instead
-        scale, rule = float(((t_c**2).sum() / (m_c**2).sum().clamp(min=1e-12)).sqrt()), "spread"
-    bias = target.mean(0) - scale * mapped.mean(0)
+    scale, bias, rule = _fit_line(mapped, target)
     mapper.linear.weight.copy_(scale * weight)
     mapper.linear.bias.copy_(bias)
     report = {

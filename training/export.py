@@ -12,6 +12,7 @@ import torch
 from artifact.content import content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
 from training.content import (
+    calibrate_mapper,
     content_arrays,
     fit_content_mapper,
     fit_content_mapper_bpr,
@@ -22,7 +23,7 @@ from training.data import Dataset
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
 
-CONTENT_CHOICES = ("bpr", "profile", "ridge", "none")
+CONTENT_CHOICES = ("bpr", "bpr-calibrated", "profile", "ridge", "none")
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,11 @@ def export_checkpoint(
         warm = np.flatnonzero(popularity > 0)
         if content == "ridge":
             fit = fit_content_mapper(dataset.features, item_embeddings, warm)
-        elif content == "bpr":
+        elif content in ("bpr", "bpr-calibrated"):
             pair_users, pair_items = dataset.train.to_pairs()
             fit = fit_content_mapper_bpr(dataset.features, out.user.numpy(), pair_users, pair_items, warm)
+            if content == "bpr-calibrated":
+                fit = calibrate_mapper(fit, dataset.features, item_embeddings, warm)
         else:
             pair_users, pair_items = dataset.train.to_pairs()
             fit = fit_content_mapper_profile(
