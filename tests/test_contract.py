@@ -473,3 +473,35 @@ def test_user_vector_is_float32_eq12_for_known_and_unknown_users(tmp_path: Path)
         unknown, contract.fold_in_id_side(art, items) + art.manifest.omega * side, rtol=1e-5
     )
     assert contract.modality_side(art, items).dtype == np.float32
+
+
+def test_manifest_json_keeps_parent_notes_and_content() -> None:
+    """to_json writes parent_version, notes and content under their own keys; from_json reads them back."""
+    m = contract.Manifest(
+        model_version="v2",
+        created_at="2026-12-02T13:00:00Z",
+        dataset_fingerprint="abc",
+        n_users=3,
+        n_items=4,
+        dim=2,
+        n_layers=1,
+        omega=0.5,
+        graph_norm="symmetric",
+        modalities=[{"name": "image", "raw_dim": 5, "dim": 2}],
+        model_config={},
+        train_config={},
+        metrics={},
+        parent_version="v1",
+        notes={"why": "test"},
+        content={"kind": "linear"},
+    )
+    out = m.to_json()
+    assert (out["parent_version"], out["notes"], out["content"]) == (
+        "v1",
+        {"why": "test"},
+        {"kind": "linear"},
+    )
+    back = contract.Manifest.from_json(out)
+    assert (back.parent_version, back.notes, back.content) == ("v1", {"why": "test"}, {"kind": "linear"})
+    m.content = None
+    assert "content" not in m.to_json()

@@ -57,6 +57,7 @@ def test_known_user_uses_exported_vector_then_cache(client: TestClient, artifact
     artifact = contract.load_artifact(artifact_path)
     first = client.post("/recommend", json={"user_id": "u7", "k": 10}).json()
     assert first["path"] == "known" and first["cache_hit"] is False
+    assert first["user_id"] == "u7"
     assert first["model_version"] == artifact.version
     assert len(first["items"]) == 10 and len(first["recommendation_id"]) == 32
     h_u = artifact.arrays.user_embeddings[7]
@@ -283,6 +284,94 @@ def test_interactions_with_timestamps(client: TestClient) -> None:
         "/interactions", json={"user_id": "u1", "items": ["i1", "i2"], "timestamps": [1700000000, 1.5]}
     )
     assert r.status_code == 200 and r.json()["recorded"] == 2
+
+
+def test_request_limits_are_inclusive_and_every_field_is_reported(
+    make_client: Callable[..., TestClient], artifact_path: Path
+) -> None:
+    """MAX_K and MAX_ITEMS_PER_REQUEST: a request at the limit passes; one past it gets a 422 per field."""
+    client = make_client(max_k=5, default_k=5, max_items_per_request=3)
+    at_limit = {
+        "user_id": "u1",
+        "k": 5,
+        "exclude_items": ["i1", "i2", "i3"],
+        "interactions": ["i4", "i5", "i6"],
+    }
+    ok = client.post("/recommend", json=at_limit)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["user_id"] == "u1" and len(ok.json()["items"]) == 5
+
+    over = {
+        "user_id": "u1",
+        "k": 6,
+        "exclude_items": ["i1"] * 4,
+        "interactions": ["i2", "i3", "i4", "i5", "i6"],
+    }
+    r = client.post("/recommend", json=over)
+    assert r.status_code == 422
+    errors = {e["loc"][-1]: e for e in r.json()["detail"]}
+    # the first long list does not stop the check: every field is reported
+    assert set(errors) == {"k", "exclude_items", "interactions"}
+    assert (errors["k"]["input"], errors["k"]["msg"]) == (6, "k must be at most 5")
+    assert errors["exclude_items"]["input"] == "<4 items>"
+    assert errors["exclude_items"]["msg"] == "exclude_items length (4) must be at most 3"
+    assert errors["interactions"]["input"] == "<5 items>"
+    assert errors["interactions"]["msg"] == "interactions length (5) must be at most 3"
+    assert errors["interactions"]["ctx"] == {"limit": 3}
+    # a long list and an unknown id in the next field: both reported
+    r = client.post(
+        "/recommend", json={"user_id": "u1", "exclude_items": ["i1"] * 4, "interactions": ["nope"]}
+    )
+    assert {e["loc"][-1]: e["input"] for e in r.json()["detail"]} == {
+        "exclude_items": "<4 items>",
+        "interactions": ["nope"],
+    }
+
+
+def test_client_timestamps_are_the_ones_stored(
+    make_client: Callable[..., TestClient], artifact_path: Path, redis_settings: dict[str, Any]
+) -> None:
+    """The timestamps a client sends reach the store as sent (not replaced by the server's clock)."""
+    import orjson
+    import redis
+
+    client = make_client(**redis_settings)
+    body = {"user_id": "u1", "items": ["i1", "i2"], "timestamps": [1700000000.0, 1.5]}
+    assert client.post("/interactions", json=body).status_code == 200
+    conn = redis.Redis.from_url(redis_settings["redis_url"])
+    try:
+        stored = [orjson.loads(r) for r in conn.lrange(f"{redis_settings['redis_prefix']}:fresh:u1", 0, -1)]
+    finally:
+        conn.close()
+    assert stored == [["i1", 1700000000.0], ["i2", 1.5]]
+    # without timestamps the server's clock is used: one value per item, within this test's run
+    t0 = time.time()
+    assert client.post("/interactions", json={"user_id": "u2", "items": ["i3", "i4"]}).status_code == 200
+    conn = redis.Redis.from_url(redis_settings["redis_url"])
+    try:
+        clock = [orjson.loads(r) for r in conn.lrange(f"{redis_settings['redis_prefix']}:fresh:u2", 0, -1)]
+    finally:
+        conn.close()
+    assert [item for item, _ in clock] == ["i3", "i4"]
+    assert all(t0 <= ts <= time.time() for _, ts in clock)
+
+
+def test_a_resent_request_id_is_applied_once(client: TestClient) -> None:
+    """POST /interactions passes the client's request_id to the store: a re-send is a no-op."""
+    first = client.post("/interactions", json={"user_id": "u1", "items": ["i1"], "request_id": "r-1"}).json()
+    assert (first["request_id"], first["recorded"], first["fresh_count"]) == ("r-1", 1, 1)
+    again = client.post("/interactions", json={"user_id": "u1", "items": ["i2"], "request_id": "r-1"}).json()
+    assert (again["request_id"], again["recorded"], again["fresh_count"]) == ("r-1", 1, 1)
+    other = client.post("/interactions", json={"user_id": "u1", "items": ["i2"], "request_id": "r-2"}).json()
+    assert other["fresh_count"] == 2
+
+
+def test_unknown_interaction_items_are_reported_under_items(client: TestClient) -> None:
+    r = client.post("/interactions", json={"user_id": "u1", "items": ["i1", "missing", "i2", "gone"]})
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "items"] and error["input"] == ["missing", "gone"]
+    assert error["type"] == "unknown_item"
 
 
 def test_body_size_limit(make_client: Callable[..., TestClient], artifact_path: Path) -> None:
