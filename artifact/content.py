@@ -23,8 +23,8 @@ Files (all float32):
 * ``content_filled_items.npy``   (n_filled,) int64: the item rows whose h_i (``item_embeddings.npy``)
   came from the mapper at export because they had no training interaction
 
-The manifest's ``content`` entry holds ``{"kind": "ridge" | "bpr" | "bpr-calibrated" | "profile", "modalities":
-{name: D_m}, "projected": [names], "n_filled": int, "fit": {...}}``.
+The manifest's ``content`` entry holds ``{"kind": "ridge" | "bpr" | "bpr-calibrated" | "profile",
+"modalities": {name: D_m}, "projected": [names], "n_filled": int, "fit": {...}}``.
 """
 
 from __future__ import annotations
