@@ -60,6 +60,7 @@ from benchmarks.serve.procs import (
     metric,
     scrape,
     start_worker,
+    wait_for,
 )
 
 ADMIN_TOKEN = "fault-scenario-admin-token"
@@ -194,14 +195,8 @@ def _counts(load: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """``procs.wait_for`` in this module's argument order."""
+    return wait_for(what, cond, timeout, every_s=interval)
 
 
 def _versions_in_order(timeline: list[dict[str, Any]]) -> list[str]:
