@@ -458,16 +458,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ``:path``: item ids may hold "/" (a raw one or %2F, which the server decodes before routing);
     # the similar route's "/similar" suffix is matched after the greedy id, so "a/b/similar" is
-    # item "a/b" (and GET of ".../similar" is item ".../similar": that route is POST only)
-    @app.get("/items/{item_id:path}", response_model=ItemInfo, responses=_errors(404, 503))
-    async def get_item(item_id: str, rt: RuntimeDep) -> Response:
-        return _json(rt.items.get(item_id))
-
+    # item "a/b" (and GET of ".../similar" is item ".../similar": that route is POST only). The
+    # similar route comes first: of two routes matching a path but not its method, the first one
+    # answers the 405, and its Allow header must say POST for ".../similar" (schemathesis ST205).
     @app.post(
         "/items/{item_id:path}/similar", response_model=SimilarResponse, responses=_BODY_ERRORS | _errors(404)
     )
     async def similar_items(item_id: str, rt: RuntimeDep, body: SimilarRequest | None = None) -> Response:
         return _json(rt.items.similar(item_id, body or SimilarRequest()))
+
+    @app.get("/items/{item_id:path}", response_model=ItemInfo, responses=_errors(404, 503))
+    async def get_item(item_id: str, rt: RuntimeDep) -> Response:
+        return _json(rt.items.get(item_id))
 
     @app.get("/healthz")
     async def healthz() -> Response:

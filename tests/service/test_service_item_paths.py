@@ -68,3 +68,18 @@ def test_metrics_label_the_item_routes_by_their_template(
     assert client.get("/items/a%2Fb").status_code == 200
     text = client.get("/metrics").text
     assert 'route="/items/{item_id}",status="200"' in text and ":path" not in text
+
+
+def test_a_wrong_method_names_the_documented_one_in_allow(
+    make_client: Callable[..., TestClient], store_root: Path
+) -> None:
+    """Both routes match ".../similar" by path; the 405 comes from the similar route (POST), and a
+    plain item path advertises GET (schemathesis ST205 checks the Allow header against the spec)."""
+    _write(store_root)
+    client = make_client()
+    for method in ("OPTIONS", "DELETE", "PATCH"):
+        r = client.request(method, "/items/i3/similar")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (method, r.headers)
+        r = client.request(method, "/items/i3")
+        assert r.status_code == 405 and r.headers["allow"] == "GET", (method, r.headers)
+    assert client.get("/items/x/similar").json()["item_id"] == "x/similar"  # GET still reads the item
