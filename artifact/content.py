@@ -37,12 +37,9 @@ import numpy as np
 
 from artifact.contract import Artifact, ArtifactError
 
-CONTENT_KINDS = (
-    "ridge",
-    "bpr",
-    "bpr-calibrated",
-    "profile",
-)  # how the linear mapper was fitted; the maths is the same
+# How the linear mapper was fitted (the maths is the same); the export's --content-path choices are
+# these and "none" (bpr first: the default).
+CONTENT_KINDS = ("bpr", "bpr-calibrated", "profile", "ridge")
 CONTENT_MAPPER = "content_mapper.npy"
 CONTENT_FILLED = "content_filled_items.npy"
 

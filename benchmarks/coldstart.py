@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from artifact.content import load_content_path
+from artifact.content import CONTENT_KINDS, load_content_path
 from artifact.contract import Artifact, load_artifact
 from benchmarks.common import emit, paired_bootstrap, per_user_topk
 from benchmarks.content_signal import _unit, content_profiles
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["id_only"])
     p.add_argument("--knn", type=int, default=10)
     p.add_argument(
-        "--content", nargs="+", choices=("bpr", "bpr-calibrated", "profile", "ridge"), default=["bpr", "profile", "ridge"],
+        "--content", nargs="+", choices=CONTENT_KINDS, default=["bpr", "profile", "ridge"],
         help="content path kinds to export and score; the first is the reference of the differences",
     )  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000)

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from artifact.content import CONTENT_KINDS
+
 log = logging.getLogger("training")
 
 
@@ -147,9 +149,9 @@ def _cmd_job(args: argparse.Namespace) -> int:
     return run_job_cli(args.spec)
 
 
-# Export's content path (artifact/content.py); the choices are training.export.CONTENT_CHOICES.
+# Export's content path (artifact/content.py, numpy only: no torch import to parse the arguments).
 CONTENT_PATH_ARG: dict[str, Any] = {
-    "choices": ("bpr", "bpr-calibrated", "profile", "ridge", "none"),
+    "choices": (*CONTENT_KINDS, "none"),
     "default": "bpr",
     "help": "bpr (default): export a content mapper fitted by BPR against the trained user vectors "
     "and fill the vectors of items without training interactions from their features; bpr-calibrated: "

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifact.content import content_manifest_entry
+from artifact.content import CONTENT_KINDS, content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
 from training.content import (
     calibrate_mapper,
@@ -23,7 +23,7 @@ from training.data import Dataset
 from training.evaluate import rank_metrics
 from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
 
-CONTENT_CHOICES = ("bpr", "bpr-calibrated", "profile", "ridge", "none")
+CONTENT_CHOICES = (*CONTENT_KINDS, "none")
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def export_checkpoint(
     With item features in the data, ``content`` fits the content mapper on the items with training
     interactions, exports it (artifact/content.py) and gives every item without one its h_i from
     its features: ``"bpr"`` (default, chosen on the cold-start benchmark's cold validation items,
-    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"profile"`` in closed form so that
+    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"bpr-calibrated"`` the same map placed
+    among the trained items by the warm items' least-squares line, ``"profile"`` in closed form so that
     h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
     trained h_i (training.content); ``"none"`` exports the model as trained.
     """

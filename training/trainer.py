@@ -306,9 +306,10 @@ def adversarial_step(
             disc.from_hidden, weight, hidden_real, hidden_fake
         )
     loss_d = loss_d / len(fake)
-    # Only D's parameters: the gradient-penalty points are leaves that require grad, and a plain
-    # backward would also compute their (discarded) gradient, one more [users x items] x D-width
-    # product per modality through the double backward.
+    # Only D's parameters. With the row-wise penalty its interpolated |I|-wide rows were leaves
+    # that require grad, and a plain backward also computed their discarded gradient (one more
+    # [users x items] x D-width product per modality); the affine penalty interpolates in D's
+    # hidden space instead, and ``inputs`` keeps any such leaf out of this backward.
     loss_d.backward(inputs=list(disc.parameters()))
     opt_discriminator.step()
     # L_G trains the generator only: with D's parameters frozen while its graph is recorded, the
