@@ -1,7 +1,7 @@
 """Items added through the API, as deployed: propagation of PUT /items between replicas, and what
 10,000 added items cost warm ``/recommend``.
 
-    python -m benchmarks.serve.items [--added 10000] [--batch 1000] [--duration 15] [--rounds 2]
+    python -m benchmarks.serve.items [--added 10000] [--batch 1000] [--duration 15] [--rounds 2] [--profile 10]
 
 A private redis-server; a TikTok-sized synthetic artifact (``synth.build_tiktok_sized``) with a
 content path of TikTok's raw widths (image 128, audio 128; random weights scaled so that added
@@ -14,7 +14,10 @@ items' h_i have the trained items' norm, so they compete in the rankings rather 
 2. Warm throughput: server A (no added items) and server B (the same prefix as R1/R2: it replays
    the ``--added`` items at start-up) run as deployed (``--workers`` uvicorn workers each), both
    primed with one request per user; then wrk's warm scenario (``benchmarks/serve/wrk``) alternates
-   A, B, A, B, ... (``--rounds`` each), one server loaded at a time.
+   A, B, A, B, ... (``--rounds`` each), one server loaded at a time; for each run also the workers'
+   CPU seconds per request. ``--profile N``: py-spy samples one worker of A and one of B for N
+   seconds of a further warm run each (wall-clock samples: on a busy machine a worker waiting for a
+   core counts as busy; ``benchmarks.serve.items_cpu`` profiles CPU time instead).
 
 Prints tables and writes benchmarks/results/serve_items.json.
 """
