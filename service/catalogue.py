@@ -302,7 +302,10 @@ class CatalogueView:
         return np.array(found, dtype=np.int64), unknown
 
     def item_ids(self, indices: np.ndarray) -> list[str]:
-        if not self.new_ids or not indices.size or indices.max() < self.n_base:
+        # One lookup in the combined id array whatever the indices: its first n_base entries are the
+        # artifact's ids. (Checking indices.max() first, to use the artifact's array when no added
+        # item is among them, cost more per request than it saved.)
+        if not self.new_ids:
             return self.rec.item_ids(indices)
         return self._all_ids[indices].tolist()
 

@@ -1,7 +1,7 @@
 """Items added through the API, as deployed: propagation of PUT /items between replicas, and what
 10,000 added items cost warm ``/recommend``.
 
-    python -m benchmarks.serve.items [--added 10000] [--batch 1000] [--duration 15] [--rounds 2]
+    python -m benchmarks.serve.items [--added 10000] [--batch 1000] [--duration 15] [--rounds 2] [--profile 10]
 
 A private redis-server; a TikTok-sized synthetic artifact (``synth.build_tiktok_sized``) with a
 content path of TikTok's raw widths (image 128, audio 128; random weights scaled so that added
@@ -14,7 +14,10 @@ items' h_i have the trained items' norm, so they compete in the rankings rather 
 2. Warm throughput: server A (no added items) and server B (the same prefix as R1/R2: it replays
    the ``--added`` items at start-up) run as deployed (``--workers`` uvicorn workers each), both
    primed with one request per user; then wrk's warm scenario (``benchmarks/serve/wrk``) alternates
-   A, B, A, B, ... (``--rounds`` each), one server loaded at a time.
+   A, B, A, B, ... (``--rounds`` each), one server loaded at a time; for each run also the workers'
+   CPU seconds per request. ``--profile N``: py-spy samples one worker of A and one of B for N
+   seconds of a further warm run each (wall-clock samples: on a busy machine a worker waiting for a
+   core counts as busy; ``benchmarks.serve.items_cpu`` profiles CPU time instead).
 
 Prints tables and writes benchmarks/results/serve_items.json.
 """
@@ -36,9 +39,9 @@ import numpy as np
 
 from artifact import content, contract
 from benchmarks.serve import synth
-from benchmarks.serve.common import idle_warning, machine, table, write_result
-from benchmarks.serve.load import _prime, run_wrk
-from benchmarks.serve.procs import ApiServer, RedisServer, api_env
+from benchmarks.serve.common import RESULTS, idle_warning, machine, table, write_result
+from benchmarks.serve.load import _prime, profile_warm, run_wrk
+from benchmarks.serve.procs import ApiServer, RedisServer, api_env, cpu_seconds
 
 RAW_DIMS = {"image": 128, "audio": 128}  # TikTok's raw feature widths
 TOKEN = "bench-items-token"
@@ -177,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternated A/B")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="seconds of py-spy sampling of one worker of A and of B after the rounds (0 = skip)",
+    )
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -232,16 +241,38 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict[str, Any]] = []
         for rnd in range(args.rounds):
             for label, s in (("A: no added items", a), (f"B: {args.added} added", b)):
+                # CPU seconds the workers used per request: less at the mercy of other processes
+                # than req/s on a shared machine (a CPU-starved worker waits, it does not spend)
+                pids = s.worker_pids()
+                cpu0 = [cpu_seconds(pid) for pid in pids]
                 run = run_wrk(s.url, "warm", args.connections, 1, args.duration, n_users, n_items)
+                cpu = sum(cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True))
+                run["api_cpu_ms_per_request"] = round(1e3 * cpu / max(run["requests"], 1), 3)
                 runs.append(run | {"server": label, "round": rnd})
         result["warm"] = runs
         rows = [[r["server"], r["round"], r["rps"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
-                 r["error_total"]] for r in runs]  # fmt: skip
-        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+                 r["api_cpu_ms_per_request"], r["error_total"]] for r in runs]  # fmt: skip
+        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "API CPU ms/req", "errors"], rows))
+        if args.profile:
+            # py-spy on one worker of each during a warm run of its own (after the measured rounds)
+            result["profile"] = {
+                name: profile_warm(s, RESULTS / f"serve_items_profile_{name}", args.profile, args.connections, n_users,
+                                   n_items)
+                for name, s in (("a", a), ("b", b))
+            }  # fmt: skip
+            for name, prof in result["profile"].items():
+                if "by_category_pct" in prof:
+                    print(
+                        table(
+                            [f"{name}: where the time goes (py-spy)", "% of samples"], prof["by_category_pct"]
+                        )
+                    )
+                    print(table([f"{name}: inclusive", "% of samples"], prof["inclusive_pct"]))
 
         def mean(label_start: str, key: str) -> float:
-            vals = [(r["rps"] if key == "rps" else r["latency_ms"]["p99"]) for r in runs
-                    if r["server"].startswith(label_start)]  # fmt: skip
+            pick = {"rps": lambda r: r["rps"], "p99": lambda r: r["latency_ms"]["p99"],
+                    "cpu": lambda r: r["api_cpu_ms_per_request"]}[key]  # fmt: skip
+            vals = [pick(r) for r in runs if r["server"].startswith(label_start)]
             return round(float(np.mean(vals)), 3)
 
         result["summary"] = {
@@ -249,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             "rps_b": mean("B", "rps"),
             "p99_ms_a": mean("A", "p99"),
             "p99_ms_b": mean("B", "p99"),
+            "api_cpu_ms_a": mean("A", "cpu"),
+            "api_cpu_ms_b": mean("B", "cpu"),
         }
         s = result["summary"]
         s["rps_b_over_a"] = round(s["rps_b"] / s["rps_a"], 3)
         s["p99_b_over_a"] = round(s["p99_ms_b"] / s["p99_ms_a"], 3)
+        s["api_cpu_b_over_a"] = round(s["api_cpu_ms_b"] / s["api_cpu_ms_a"], 3)
         print(s, "replay at start:", result["replay_start_s"], "s")
     finally:
         for s in servers:

@@ -150,3 +150,27 @@ def test_searches_while_views_are_rebuilt_all_succeed(setup: Any) -> None:
     assert min(counts) > 0
     assert current[0].n_items == 120 + N_ADDED + 150
     _check(current[0], rng, trials=10)
+
+
+def test_item_ids_of_mixed_indices_match_an_independent_id_list(setup: Any) -> None:
+    """Indices of artifact items, added items, both and none map to the ids they were given."""
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", None)
+    # reference: the artifact's ids in artifact order, then the added ids in first-PUT order
+    added = [i for i, r in records.items() if i not in rec.item_index and r.features is not None]
+    ids = list(view.artifact.arrays.item_ids) + added
+    assert view.n_items == len(ids)
+    cases = [
+        np.zeros(0, dtype=np.int64),
+        np.array([3, 0, view.n_base - 1]),  # artifact items only
+        np.array([view.n_base, view.n_items - 1]),  # added items only
+        rng.permutation(view.n_items)[:40],  # both, in any order
+    ]
+    for indices in cases:
+        assert view.item_ids(indices) == [ids[i] for i in indices]
+    # and what top_k returns maps to the ids of the vectors that scored it
+    q = view.new_vectors[0]
+    labels, _ = view.top_k(q, 10, np.zeros(0, dtype=np.int64))
+    assert view.item_ids(labels) == [ids[i] for i in labels]
+    plain = CatalogueView.build(rec, content, {}, None, None)
+    assert plain.item_ids(np.array([5, 1])) == [ids[5], ids[1]]
