@@ -714,3 +714,106 @@ def test_promotion_reasons_name_the_bar_exactly(
     candidate: float, champion: float, reference: float | None, reason: str
 ) -> None:
     assert promotion_decision(candidate, champion, 0.0, reference=reference)[1] == reason
+
+
+def test_extra_arrays_are_written_verified_and_loaded_back_as_given(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    mapper = np.arange(6, dtype=np.float64).reshape(3, 2) / 4
+    filled = np.array([3, 7], dtype=np.int64)
+    arrays.extra = {"content_mapper.npy": mapper, "content_filled_items.npy": filled}
+    path = contract.write_artifact(tmp_path, manifest, arrays)
+    art = load_artifact(path)
+    assert sorted(art.arrays.extra) == ["content_filled_items.npy", "content_mapper.npy"]
+    # extras keep their own dtype (only the contract's arrays are cast)
+    assert art.arrays.extra["content_mapper.npy"].dtype == np.float64
+    np.testing.assert_array_equal(art.arrays.extra["content_mapper.npy"], mapper)
+    np.testing.assert_array_equal(art.arrays.extra["content_filled_items.npy"], filled)
+    entry = art.manifest.files["content_mapper.npy"]
+    assert (entry.shape, entry.dtype) == ((3, 2), "float64")
+    assert entry.sha256 == contract.sha256_file(path / "content_mapper.npy")
+    # and they are checksum-verified like the contract's own files
+    copy = _writable_copy(path, tmp_path / "copy")
+    svc_artifacts.tamper(copy, "content_mapper.npy")
+    with pytest.raises(ArtifactError, match="content_mapper.npy: sha256 mismatch"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize(
+    "name", [contract.USER_EMB, contract.modality_file("audio"), contract.MANIFEST, "bad name.npy", "notes.txt", ".x.npy"]
+)
+def test_extra_array_names_that_are_reserved_or_not_npy_are_refused(tmp_path: Path, name: str) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    arrays.extra = {"fine.npy": np.zeros(2), name: np.zeros(2)}
+    with pytest.raises(ArtifactError) as info:
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert str(info.value) == f"cannot write artifact: extra array name {name!r} is reserved or not *.npy"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_file_is_indented_in_field_order(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    text = (contract.write_artifact(tmp_path, manifest, arrays) / contract.MANIFEST).read_text()
+    # to_json's order (not sorted), two-space indent: readable, and diffs between versions line up
+    assert text.startswith('{\n  "format_version": 1,\n  "model_version": "v1",\n  "parent_version": null,\n')
+
+
+def test_a_failed_write_raises_its_own_error_even_when_the_cleanup_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the temporary directory is gone (removed by someone else) when the final rename fails
+    def replace(src, dst):
+        import shutil
+
+        shutil.rmtree(src)
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", replace)
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    with pytest.raises(OSError, match="rename failed"):
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _replace_file(path: Path, name: str, data: bytes, shape: list[int], dtype: str) -> None:
+    """Swap one file's bytes and record their true checksum, so only the later checks can object."""
+    (path / name).write_bytes(data)
+
+    def edit(m):
+        m["files"][name] = {"sha256": contract.sha256_file(path / name), "shape": shape, "dtype": dtype}
+
+    _rewrite_manifest(path, edit)
+
+
+def test_the_checksum_message_shows_both_digests(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    listed = contract.read_manifest(copy).files[contract.ITEM_EMB].sha256
+    svc_artifacts.tamper(copy, contract.ITEM_EMB)
+    actual = contract.sha256_file(copy / contract.ITEM_EMB)
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == (
+        f"{copy / contract.ITEM_EMB}: sha256 mismatch (manifest {listed[:12]}..., file {actual[:12]}...)"
+    )
+
+
+def test_malformed_id_files_are_named_with_what_was_expected(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _replace_file(copy, contract.USER_IDS, b"[not json", [12], "json")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value).startswith(f"{copy / contract.USER_IDS}: malformed JSON (Expecting value")
+    # valid JSON, but an object of 12 entries instead of a list of 12 ids
+    ids = json.dumps({f"u{n}": n for n in range(12)}).encode()
+    _replace_file(copy, contract.USER_IDS, ids, [12], "json")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == f"{copy / contract.USER_IDS}: expected a list of 12 ids"
+
+
+def test_arrays_are_loaded_without_unpickling(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    np.save(copy / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    _replace_file(copy, "objects.npy", (copy / "objects.npy").read_bytes(), [2], "object")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value).startswith(f"{copy / 'objects.npy'}: unreadable array (Object arrays cannot be loaded")
