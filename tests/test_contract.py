@@ -817,3 +817,47 @@ def test_arrays_are_loaded_without_unpickling(artifact: Path, tmp_path: Path) ->
     with pytest.raises(ArtifactError) as info:
         load_artifact(copy)
     assert str(info.value).startswith(f"{copy / 'objects.npy'}: unreadable array (Object arrays cannot be loaded")
+
+
+def _every_field_manifest() -> contract.Manifest:
+    """A manifest whose every field holds a distinct, non-default value."""
+    return contract.Manifest(
+        model_version="v7",
+        created_at="2026-12-02T15:00:00+00:00",
+        dataset_fingerprint="fp-123",
+        n_users=5,
+        n_items=12,
+        dim=2,
+        n_layers=3,
+        omega=0.25,
+        graph_norm="symmetric",
+        modalities=[{"name": "image", "raw_dim": 9, "dim": 2}],
+        model_config={"embed_dim": 2, "heads": 1},
+        train_config={"lr": 0.001},
+        metrics={"val": {"recall@20": 0.125}},
+        files={"a.npy": contract.FileEntry("ab" * 32, (3, 2), "float32"), "b.json": contract.FileEntry("cd" * 32, (4,), "json")},
+        parent_version="v6",
+        notes={"reason": "nightly"},
+        content={"kind": "linear"},
+    )
+
+
+def test_manifest_from_json_reads_back_every_field_of_to_json() -> None:
+    m = _every_field_manifest()
+    data = json.loads(json.dumps(m.to_json()))  # through the file format: tuples become lists
+    assert contract.Manifest.from_json(data) == m
+    # manifests written before parent_version, notes and content existed still load
+    for key in ("parent_version", "notes", "content"):
+        data.pop(key)
+    old = contract.Manifest.from_json(data)
+    assert (old.parent_version, old.notes, old.content) == (None, {}, None)
+    assert old.created_at == "2026-12-02T15:00:00+00:00" and old.dataset_fingerprint == "fp-123"
+    assert old.format_version == 1 and old.model_config == {"embed_dim": 2, "heads": 1}
+
+
+def test_read_manifest_returns_the_manifest_write_artifact_wrote(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    manifest.parent_version, manifest.notes, manifest.train_config = "v0", {"k": [1, 2]}, {"epochs": 3}
+    path = contract.write_artifact(tmp_path, manifest, arrays)
+    assert contract.read_manifest(path) == manifest
+    assert load_artifact(path).manifest == manifest
