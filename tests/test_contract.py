@@ -544,7 +544,16 @@ def _recall_artifact(tmp_path: Path) -> contract.Artifact:
         item_embeddings=eye,
         user_id_side=f32([[0, 9, 0, 1, 0, 0], [0, 8, 1, 3, 8, 2], [2, 3, 0, 0, 0, 0]]),
         item_layer_embeddings=f32(
-            [[[3, 0, 2, 0, 0, 0], [4, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 3]]]
+            [
+                [
+                    [3, 0, 2, 0, 0, 0],
+                    [4, 0, 0, 0, 0, 0],
+                    [0, 1, 0, 0, 0, 0],
+                    [0, 0, 0, 0, 1, 0],
+                    [0, 0, 1, 0, 0, 0],
+                    [0, 0, 0, 1, 0, 3],
+                ]
+            ]
         ),
         modality_features={"image": eye},
         train_indptr=np.array([0, 1, 2, 3], dtype=np.int64),
@@ -579,7 +588,10 @@ def test_served_recall_on_a_hand_example(tmp_path: Path) -> None:
         4,
     )
     # the default k = 20 is more than the 6 items: every catalogue item counts as recommended
-    assert contract.served_recall(art, _RECALL_TRAIN, _RECALL_TARGET) == (pytest.approx(3.5 / 4, abs=1e-12), 4)
+    assert contract.served_recall(art, _RECALL_TRAIN, _RECALL_TARGET) == (
+        pytest.approx(3.5 / 4, abs=1e-12),
+        4,
+    )
     assert contract.served_recall(art, _RECALL_TRAIN, {"d": [], "a": []}) == (0.0, 0)
 
 
@@ -606,7 +618,9 @@ def test_served_recall_equals_a_brute_force_ranking_over_300_items(tmp_path: Pat
     target, expected = {}, []
     for u, user in enumerate(a.user_ids):
         seen = set(art.user_items(u).tolist())
-        scores = [(-float(a.user_embeddings[u].astype(np.float64) @ a.item_embeddings[i]), i) for i in range(300)]
+        scores = [
+            (-float(a.user_embeddings[u].astype(np.float64) @ a.item_embeddings[i]), i) for i in range(300)
+        ]
         top = [i for _, i in sorted(s for s in scores if s[1] not in seen)][:k]
         # targets: half of the top k (at least one) and three items outside it
         hits = top[: max(1, k // 2)]
@@ -739,7 +753,15 @@ def test_extra_arrays_are_written_verified_and_loaded_back_as_given(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "name", [contract.USER_EMB, contract.modality_file("audio"), contract.MANIFEST, "bad name.npy", "notes.txt", ".x.npy"]
+    "name",
+    [
+        contract.USER_EMB,
+        contract.modality_file("audio"),
+        contract.MANIFEST,
+        "bad name.npy",
+        "notes.txt",
+        ".x.npy",
+    ],
 )
 def test_extra_array_names_that_are_reserved_or_not_npy_are_refused(tmp_path: Path, name: str) -> None:
     manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
@@ -816,7 +838,9 @@ def test_arrays_are_loaded_without_unpickling(artifact: Path, tmp_path: Path) ->
     _replace_file(copy, "objects.npy", (copy / "objects.npy").read_bytes(), [2], "object")
     with pytest.raises(ArtifactError) as info:
         load_artifact(copy)
-    assert str(info.value).startswith(f"{copy / 'objects.npy'}: unreadable array (Object arrays cannot be loaded")
+    assert str(info.value).startswith(
+        f"{copy / 'objects.npy'}: unreadable array (Object arrays cannot be loaded"
+    )
 
 
 def _every_field_manifest() -> contract.Manifest:
@@ -835,7 +859,10 @@ def _every_field_manifest() -> contract.Manifest:
         model_config={"embed_dim": 2, "heads": 1},
         train_config={"lr": 0.001},
         metrics={"val": {"recall@20": 0.125}},
-        files={"a.npy": contract.FileEntry("ab" * 32, (3, 2), "float32"), "b.json": contract.FileEntry("cd" * 32, (4,), "json")},
+        files={
+            "a.npy": contract.FileEntry("ab" * 32, (3, 2), "float32"),
+            "b.json": contract.FileEntry("cd" * 32, (4,), "json"),
+        },
         parent_version="v6",
         notes={"reason": "nightly"},
         content={"kind": "linear"},
@@ -860,4 +887,21 @@ def test_read_manifest_returns_the_manifest_write_artifact_wrote(tmp_path: Path)
     manifest.parent_version, manifest.notes, manifest.train_config = "v0", {"k": [1, 2]}, {"epochs": 3}
     path = contract.write_artifact(tmp_path, manifest, arrays)
     assert contract.read_manifest(path) == manifest
-    assert load_artifact(path).manifest == manifest
+    art = load_artifact(str(path))  # a str path is accepted and kept as a Path
+    assert art.manifest == manifest and art.path == path and isinstance(art.path, Path)
+
+
+def test_manifest_errors_name_the_manifest_file(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _rewrite_manifest(copy, lambda m: m.pop("n_items"))
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == f"{copy / contract.MANIFEST}: missing keys ['n_items']"
+    # from_json alone names manifest.json, and lists every required key that is missing
+    with pytest.raises(ArtifactError) as info:
+        contract.Manifest.from_json({"model_version": "v1", "omega": 0.5})
+    assert str(info.value) == (
+        "manifest.json: missing keys ['format_version', 'created_at', 'dataset_fingerprint', 'n_users', "
+        "'n_items', 'dim', 'n_layers', 'graph_norm', 'modalities', 'model_config', 'train_config', "
+        "'metrics', 'files']"
+    )
