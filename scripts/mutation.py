@@ -3,8 +3,9 @@
 Each module runs in its own scratch copy of the repository (``--workdir``, default
 /tmp/mmssl-mutation/<module>) holding a generated ``[tool.mutmut]`` section, so the checkout itself
 is never mutated and each module's score comes from its own fast test files only. Prints one line
-per module (killed / survived / other, score) and writes ``<workdir>/summary.json``; the surviving
-mutants judged equivalent, and why, are listed in docs/TESTING.md.
+per module (killed / survived / other and how many of those timed out, score) and writes
+``<workdir>/summary.json``; the surviving mutants judged equivalent, and why, are listed in
+docs/TESTING.md.
 
     python scripts/mutation.py                 # every module below
     python scripts/mutation.py losses contract # some of them
@@ -61,7 +62,7 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def prepare(name: str, workdir: Path) -> Path:
+def prepare(name: str, workdir: Path, timeout_multiplier: float = 15.0) -> Path:
     package, module, tests, _ = MODULES[name]
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -89,6 +90,7 @@ also_copy = {_toml_list([*others, "benchmarks", "configs", "scripts", "docker"])
 pytest_add_cli_args_test_selection = {_toml_list(tests)}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 use_git_change_detection = false
+timeout_multiplier = {timeout_multiplier}
 """
     with open(workdir / "pyproject.toml", "a") as fh:
         fh.write(config)
@@ -116,8 +118,8 @@ def results(workdir: Path) -> dict[str, str]:
     return status
 
 
-def run(name: str, workdir: Path, max_children: int) -> dict[str, object]:
-    prepare(name, workdir)
+def run(name: str, workdir: Path, max_children: int, timeout_multiplier: float = 15.0) -> dict[str, object]:
+    prepare(name, workdir, timeout_multiplier)
     globs = MODULES[name][3]
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -148,6 +150,7 @@ def run(name: str, workdir: Path, max_children: int) -> dict[str, object]:
         "killed": killed,
         "survived": len(survived),
         "other": total - killed - len(survived),
+        "timeout": counts.get("timeout", 0),
         "counts": counts,
         "seconds": round(seconds, 1),
         "survivors": survived,
@@ -175,6 +178,10 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help=f"some of: {' '.join(MODULES)} (default: all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmssl-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
+    # mutmut stops a mutant's tests after (estimated test time + 1 s) x this many wall-clock seconds
+    # and counts it "timeout"; on the loaded shared machine its default of 15 timed out mutants whose
+    # tests merely waited for a core, so raise it there (a mutant that really hangs only waits longer).
+    parser.add_argument("--timeout-multiplier", type=float, default=15.0)
     parser.add_argument("--show", action="store_true", help="print the surviving mutants of a finished run")
     args = parser.parse_args()
     names = args.modules or list(MODULES)
@@ -187,12 +194,13 @@ def main() -> int:
         return 0
     summaries = {}
     for name in names:
-        s = run(name, args.workdir / name, args.max_children)
+        s = run(name, args.workdir / name, args.max_children, args.timeout_multiplier)
         summaries[name] = s
         score = 100.0 * int(s["killed"]) / max(int(s["mutants"]), 1)  # type: ignore[call-overload]
         print(
             f"{name:18s} {s['module']:24s} mutants {s['mutants']:4} killed {s['killed']:4} "
-            f"survived {s['survived']:3} other {s['other']:3}  raw score {score:5.1f}%  {s['seconds']}s",
+            f"survived {s['survived']:3} other {s['other']:3} (timeout {s['timeout']:3})  "
+            f"raw score {score:5.1f}%  {s['seconds']}s",
             flush=True,
         )
         if "error" in s:

@@ -505,3 +505,403 @@ def test_manifest_json_keeps_parent_notes_and_content() -> None:
     assert (back.parent_version, back.notes, back.content) == ("v1", {"why": "test"}, {"kind": "linear"})
     m.content = None
     assert "content" not in m.to_json()
+
+
+# ------------------------------------------------------------------------------------ served_recall
+#
+# A hand example: 6 items whose embeddings are the unit vectors, so a user's score of item j is
+# component j of the user's vector and each top-k below can be read off the vectors.
+#   exported h_u        a: [5,0,4,3,0,0]  b: [5,0,0,0,0,4]  f: [0,0,0,0,6,7]
+#   trained ID side     a: [0,9,0,1,0,0]  b: [0,8,1,3,8,2]  f: [2,3,0,0,0,0]
+#   item layer E^(0)    i0: [3,0,2,0,0,0]  i1: [4,0,0,0,0,0]  i2: [0,1,0,0,0,0]
+#                       i3: [0,0,0,0,1,0]  i4: [0,0,1,0,0,0]  i5: [0,0,0,1,0,3]
+# omega = 0, so Eq. 12's modality side vanishes and a recomputed vector is the ID side itself.
+# Trained histories: a {i0}, b {i1}, f {i3}.
+
+
+def _recall_artifact(tmp_path: Path) -> contract.Artifact:
+    eye = np.eye(6, dtype=np.float32)
+    f32 = lambda rows: np.array(rows, dtype=np.float32)  # noqa: E731
+    manifest = contract.Manifest(
+        model_version="v-recall",
+        created_at="2026-12-02T14:00:00+00:00",
+        dataset_fingerprint="hand",
+        n_users=3,
+        n_items=6,
+        dim=6,
+        n_layers=1,
+        omega=0.0,
+        graph_norm="paper",
+        modalities=[{"name": "image", "raw_dim": 6, "dim": 6}],
+        model_config={},
+        train_config={},
+        metrics={},
+    )
+    arrays = contract.ArtifactArrays(
+        user_ids=["a", "b", "f"],
+        item_ids=[f"i{j}" for j in range(6)],
+        user_embeddings=f32([[5, 0, 4, 3, 0, 0], [5, 0, 0, 0, 0, 4], [0, 0, 0, 0, 6, 7]]),
+        item_embeddings=eye,
+        user_id_side=f32([[0, 9, 0, 1, 0, 0], [0, 8, 1, 3, 8, 2], [2, 3, 0, 0, 0, 0]]),
+        item_layer_embeddings=f32(
+            [
+                [
+                    [3, 0, 2, 0, 0, 0],
+                    [4, 0, 0, 0, 0, 0],
+                    [0, 1, 0, 0, 0, 0],
+                    [0, 0, 0, 0, 1, 0],
+                    [0, 0, 1, 0, 0, 0],
+                    [0, 0, 0, 1, 0, 3],
+                ]
+            ]
+        ),
+        modality_features={"image": eye},
+        train_indptr=np.array([0, 1, 2, 3], dtype=np.int64),
+        train_indices=np.array([0, 1, 3], dtype=np.int32),
+        item_popularity=np.array([1, 1, 0, 1, 0, 0], dtype=np.int64),
+    )
+    return load_artifact(contract.write_artifact(tmp_path, manifest, arrays))
+
+
+# a: known, same history as trained -> exported h_u, i0 excluded        -> top-2 {i2, i3}
+# b: known, other history {i1, i4}   -> its ID side, i1 and i4 excluded  -> top-2 {i3, i5}
+# c: unknown, history {i0, i5} ("ghost" is not in the catalogue, skipped) -> folded in:
+#    (E_i0 + E_i5) / sqrt(2) / (L + 1) ~ [3,0,2,1,0,3], i0 and i5 excluded -> top-2 {i2, i3}
+# f: known, no entry in train (empty history) -> its ID side             -> top-2 {i0, i1}
+# d: no targets -> not counted
+_RECALL_TRAIN = {"a": ["i0"], "b": ["i1", "i4"], "c": ["i0", "i5", "ghost"], "d": ["i2"]}
+_RECALL_TARGET = {"a": ["i2", "not-in-catalogue"], "b": ["i3", "i5", "i2"], "c": ["i2"], "f": ["i1"], "d": []}
+
+
+def test_served_recall_on_a_hand_example(tmp_path: Path) -> None:
+    art = _recall_artifact(tmp_path)
+    # each user alone: a 1 of 2 (the unknown item is a miss), b 2 of 3, c 1 of 1, f 1 of 1
+    per_user = {"a": 0.5, "b": 2 / 3, "c": 1.0, "f": 1.0}
+    for user, expected in per_user.items():
+        got = contract.served_recall(art, _RECALL_TRAIN, {user: _RECALL_TARGET[user]}, k=2)
+        assert got == (pytest.approx(expected, abs=1e-12), 1), user
+    recall, n = contract.served_recall(art, _RECALL_TRAIN, _RECALL_TARGET, k=2)
+    assert n == 4 and recall == pytest.approx((0.5 + 2 / 3 + 1.0 + 1.0) / 4, abs=1e-12)
+    # k = 1: a's top item is i2 (1 of 2), b's i3 (1 of 3), c's i2, f's i1
+    assert contract.served_recall(art, _RECALL_TRAIN, _RECALL_TARGET, k=1) == (
+        pytest.approx((0.5 + 1 / 3 + 1.0 + 1.0) / 4, abs=1e-12),
+        4,
+    )
+    # the default k = 20 is more than the 6 items: every catalogue item counts as recommended
+    assert contract.served_recall(art, _RECALL_TRAIN, _RECALL_TARGET) == (
+        pytest.approx(3.5 / 4, abs=1e-12),
+        4,
+    )
+    assert contract.served_recall(art, _RECALL_TRAIN, {"d": [], "a": []}) == (0.0, 0)
+
+
+def test_served_recall_counts_every_user_once_across_blocks(tmp_path: Path) -> None:
+    # more users than one scoring block of 1024: 1030 unknown users, each folded in from {i0, i5}
+    # (top-2 {i2, i3}) with the target i2, so each has recall 1 and the mean is exactly 1; a user
+    # skipped at the block boundary gives 1029/1030, one counted twice 1031/1030
+    art = _recall_artifact(tmp_path)
+    users = [f"x{n}" for n in range(1030)]
+    train = {u: ["i0", "i5"] for u in users}
+    target = {u: ["i2"] for u in users}
+    assert contract.served_recall(art, train, target, k=2) == (1.0, 1030)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_served_recall_equals_a_brute_force_ranking_over_300_items(tmp_path: Path, k: int) -> None:
+    # known users with their trained histories score with the exported h_u: the reference ranks
+    # every item by a float64 inner product in a plain loop. 300 items, because numpy's
+    # argpartition happens to return the right top item for kth = -1 on small arrays
+    art = load_artifact(svc_artifacts.write(tmp_path, seed=4, n_users=20, n_items=300, dim=4))
+    a = art.arrays
+    rng = np.random.default_rng(1)
+    train = {a.user_ids[u]: [a.item_ids[i] for i in art.user_items(u)] for u in range(20)}
+    target, expected = {}, []
+    for u, user in enumerate(a.user_ids):
+        seen = set(art.user_items(u).tolist())
+        scores = [
+            (-float(a.user_embeddings[u].astype(np.float64) @ a.item_embeddings[i]), i) for i in range(300)
+        ]
+        top = [i for _, i in sorted(s for s in scores if s[1] not in seen)][:k]
+        # targets: half of the top k (at least one) and three items outside it
+        hits = top[: max(1, k // 2)]
+        misses = [int(i) for i in rng.choice(sorted(set(range(300)) - seen - set(top)), 3, replace=False)]
+        target[user] = [a.item_ids[i] for i in hits + misses]
+        expected.append(len(hits) / len(target[user]))
+    got, n = contract.served_recall(art, train, target, k=k)
+    assert n == 20 and got == pytest.approx(sum(expected) / 20, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------ mutation survivors
+
+
+def test_new_model_version_uses_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset is POSIX only")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving time
+    time.tzset()
+    try:
+        stamp = contract.new_model_version()[: len("20260102T030405Z")]
+        now = datetime.now(UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    written = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs((now - written).total_seconds()) < 60  # local (Tokyo) time would be 9 hours ahead
+
+
+def test_write_refuses_object_arrays_so_every_file_loads_without_pickle(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    arrays.extra = {"objects.npy": np.array([{"a": 1}, None], dtype=object)}
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _record_replaces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
+    """Spy on os.replace (the atomic renames of write_artifact and set_current)."""
+    calls: list[tuple[Path, Path]] = []
+    real = os.replace
+
+    def spy(src, dst):
+        calls.append((Path(src), Path(dst)))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    return calls
+
+
+def test_write_builds_the_version_in_a_hidden_temporary_directory_under_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # in the root: the final rename stays on one file system (atomic); hidden ".tmp-": never
+    # mistaken for a version (version names cannot start with ".")
+    root = tmp_path / "store"
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    calls = _record_replaces(monkeypatch)
+    path = contract.write_artifact(root, manifest, arrays)
+    assert path == root / "v1"
+    [(src, dst)] = calls
+    assert dst == root / "v1" and src.parent == root and src.name.startswith(".tmp-")
+
+
+def test_set_current_writes_a_hidden_temporary_file_in_the_root_then_renames_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc_artifacts.write(tmp_path, set_current=False, version="v1", n_users=5, n_items=12, dim=2)
+    calls = _record_replaces(monkeypatch)
+    contract.set_current(tmp_path, "v1")
+    [(src, dst)] = calls
+    assert dst == tmp_path / contract.CURRENT
+    assert src.parent == tmp_path and src.name.startswith(".current-")
+    assert (tmp_path / contract.CURRENT).read_text() == "v1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [contract.CURRENT, "v1"]
+
+
+def test_set_current_refuses_a_folder_whose_manifest_names_another_version(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    contract.write_artifact(tmp_path / "elsewhere", manifest, arrays)
+    os.rename(tmp_path / "elsewhere" / "v1", tmp_path / "v2")
+    with pytest.raises(ArtifactError) as info:
+        contract.set_current(tmp_path, "v2")
+    assert str(info.value) == (
+        f"{tmp_path / 'v2'}: folder name 'v2' and the manifest's model_version 'v1' disagree"
+    )
+    assert contract.read_current(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "reference", "reason"),
+    [
+        (0.5, 0.5, None, "val recall@20 0.5000 vs serving 0.5000 (tolerance 0.0)"),
+        (0.25, 0.5, None, "val recall@20 0.2500 is worse than serving 0.5000 by more than 0.0"),
+        # a reference equal to the champion is the same bar: it is named as the serving model's
+        (0.5, 0.5, 0.5, "val recall@20 0.5000 vs serving 0.5000 (tolerance 0.0)"),
+        (0.75, 0.5, 0.75, "val recall@20 0.7500 vs reference 0.7500 (tolerance 0.0)"),
+        (0.5, 0.25, 0.75, "val recall@20 0.5000 is worse than reference 0.7500 by more than 0.0"),
+        (0.5, 0.25, float("nan"), "val recall@20 0.5000 vs serving 0.2500 (tolerance 0.0)"),
+    ],
+)
+def test_promotion_reasons_name_the_bar_exactly(
+    candidate: float, champion: float, reference: float | None, reason: str
+) -> None:
+    assert promotion_decision(candidate, champion, 0.0, reference=reference)[1] == reason
+
+
+def test_extra_arrays_are_written_verified_and_loaded_back_as_given(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    mapper = np.arange(6, dtype=np.float64).reshape(3, 2) / 4
+    filled = np.array([3, 7], dtype=np.int64)
+    arrays.extra = {"content_mapper.npy": mapper, "content_filled_items.npy": filled}
+    path = contract.write_artifact(tmp_path, manifest, arrays)
+    art = load_artifact(path)
+    assert sorted(art.arrays.extra) == ["content_filled_items.npy", "content_mapper.npy"]
+    # extras keep their own dtype (only the contract's arrays are cast)
+    assert art.arrays.extra["content_mapper.npy"].dtype == np.float64
+    np.testing.assert_array_equal(art.arrays.extra["content_mapper.npy"], mapper)
+    np.testing.assert_array_equal(art.arrays.extra["content_filled_items.npy"], filled)
+    entry = art.manifest.files["content_mapper.npy"]
+    assert (entry.shape, entry.dtype) == ((3, 2), "float64")
+    assert entry.sha256 == contract.sha256_file(path / "content_mapper.npy")
+    # and they are checksum-verified like the contract's own files
+    copy = _writable_copy(path, tmp_path / "copy")
+    svc_artifacts.tamper(copy, "content_mapper.npy")
+    with pytest.raises(ArtifactError, match="content_mapper.npy: sha256 mismatch"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        contract.USER_EMB,
+        contract.modality_file("audio"),
+        contract.MANIFEST,
+        "bad name.npy",
+        "notes.txt",
+        ".x.npy",
+    ],
+)
+def test_extra_array_names_that_are_reserved_or_not_npy_are_refused(tmp_path: Path, name: str) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    arrays.extra = {"fine.npy": np.zeros(2), name: np.zeros(2)}
+    with pytest.raises(ArtifactError) as info:
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert str(info.value) == f"cannot write artifact: extra array name {name!r} is reserved or not *.npy"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_file_is_indented_in_field_order(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    text = (contract.write_artifact(tmp_path, manifest, arrays) / contract.MANIFEST).read_text()
+    # to_json's order (not sorted), two-space indent: readable, and diffs between versions line up
+    assert text.startswith('{\n  "format_version": 1,\n  "model_version": "v1",\n  "parent_version": null,\n')
+
+
+def test_a_failed_write_raises_its_own_error_even_when_the_cleanup_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the temporary directory is gone (removed by someone else) when the final rename fails
+    def replace(src, dst):
+        import shutil
+
+        shutil.rmtree(src)
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", replace)
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    with pytest.raises(OSError, match="rename failed"):
+        contract.write_artifact(tmp_path, manifest, arrays)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _replace_file(path: Path, name: str, data: bytes, shape: list[int], dtype: str) -> None:
+    """Swap one file's bytes and record their true checksum, so only the later checks can object."""
+    (path / name).write_bytes(data)
+
+    def edit(m):
+        m["files"][name] = {"sha256": contract.sha256_file(path / name), "shape": shape, "dtype": dtype}
+
+    _rewrite_manifest(path, edit)
+
+
+def test_the_checksum_message_shows_both_digests(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    listed = contract.read_manifest(copy).files[contract.ITEM_EMB].sha256
+    svc_artifacts.tamper(copy, contract.ITEM_EMB)
+    actual = contract.sha256_file(copy / contract.ITEM_EMB)
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == (
+        f"{copy / contract.ITEM_EMB}: sha256 mismatch (manifest {listed[:12]}..., file {actual[:12]}...)"
+    )
+
+
+def test_malformed_id_files_are_named_with_what_was_expected(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _replace_file(copy, contract.USER_IDS, b"[not json", [12], "json")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value).startswith(f"{copy / contract.USER_IDS}: malformed JSON (Expecting value")
+    # valid JSON, but an object of 12 entries instead of a list of 12 ids
+    ids = json.dumps({f"u{n}": n for n in range(12)}).encode()
+    _replace_file(copy, contract.USER_IDS, ids, [12], "json")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == f"{copy / contract.USER_IDS}: expected a list of 12 ids"
+
+
+def test_arrays_are_loaded_without_unpickling(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    np.save(copy / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    _replace_file(copy, "objects.npy", (copy / "objects.npy").read_bytes(), [2], "object")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value).startswith(
+        f"{copy / 'objects.npy'}: unreadable array (Object arrays cannot be loaded"
+    )
+
+
+def _every_field_manifest() -> contract.Manifest:
+    """A manifest whose every field holds a distinct, non-default value."""
+    return contract.Manifest(
+        model_version="v7",
+        created_at="2026-12-02T15:00:00+00:00",
+        dataset_fingerprint="fp-123",
+        n_users=5,
+        n_items=12,
+        dim=2,
+        n_layers=3,
+        omega=0.25,
+        graph_norm="symmetric",
+        modalities=[{"name": "image", "raw_dim": 9, "dim": 2}],
+        model_config={"embed_dim": 2, "heads": 1},
+        train_config={"lr": 0.001},
+        metrics={"val": {"recall@20": 0.125}},
+        files={
+            "a.npy": contract.FileEntry("ab" * 32, (3, 2), "float32"),
+            "b.json": contract.FileEntry("cd" * 32, (4,), "json"),
+        },
+        parent_version="v6",
+        notes={"reason": "nightly"},
+        content={"kind": "linear"},
+    )
+
+
+def test_manifest_from_json_reads_back_every_field_of_to_json() -> None:
+    m = _every_field_manifest()
+    data = json.loads(json.dumps(m.to_json()))  # through the file format: tuples become lists
+    assert contract.Manifest.from_json(data) == m
+    # manifests written before parent_version, notes and content existed still load
+    for key in ("parent_version", "notes", "content"):
+        data.pop(key)
+    old = contract.Manifest.from_json(data)
+    assert (old.parent_version, old.notes, old.content) == (None, {}, None)
+    assert old.created_at == "2026-12-02T15:00:00+00:00" and old.dataset_fingerprint == "fp-123"
+    assert old.format_version == 1 and old.model_config == {"embed_dim": 2, "heads": 1}
+
+
+def test_read_manifest_returns_the_manifest_write_artifact_wrote(tmp_path: Path) -> None:
+    manifest, arrays = svc_artifacts.build(version="v1", n_users=5, n_items=12, dim=2)
+    manifest.parent_version, manifest.notes, manifest.train_config = "v0", {"k": [1, 2]}, {"epochs": 3}
+    path = contract.write_artifact(tmp_path, manifest, arrays)
+    assert contract.read_manifest(path) == manifest
+    art = load_artifact(str(path))  # a str path is accepted and kept as a Path
+    assert art.manifest == manifest and art.path == path and isinstance(art.path, Path)
+
+
+def test_manifest_errors_name_the_manifest_file(artifact: Path, tmp_path: Path) -> None:
+    copy = _writable_copy(artifact, tmp_path)
+    _rewrite_manifest(copy, lambda m: m.pop("n_items"))
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(copy)
+    assert str(info.value) == f"{copy / contract.MANIFEST}: missing keys ['n_items']"
+    # from_json alone names manifest.json, and lists every required key that is missing
+    with pytest.raises(ArtifactError) as info:
+        contract.Manifest.from_json({"model_version": "v1", "omega": 0.5})
+    assert str(info.value) == (
+        "manifest.json: missing keys ['format_version', 'created_at', 'dataset_fingerprint', 'n_users', "
+        "'n_items', 'dim', 'n_layers', 'graph_norm', 'modalities', 'model_config', 'train_config', "
+        "'metrics', 'files']"
+    )
