@@ -581,7 +581,9 @@ def served_recall(
         top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # (B, kk) the top kk, any order
         for row, user in enumerate(block):
             wanted = {item_index.get(i, -1) for i in target[user]}
-            total += len(wanted & set(top[row].tolist())) / len(target[user])
+            # k at least the items left after the history: the top kk then holds excluded items too
+            shown = {int(i) for i in top[row] if scores[row, i] > -np.inf}
+            total += len(wanted & shown) / len(target[user])
     return total / len(users), len(users)
 
 

@@ -593,6 +593,10 @@ def test_served_recall_on_a_hand_example(tmp_path: Path) -> None:
         4,
     )
     assert contract.served_recall(art, _RECALL_TRAIN, {"d": [], "a": []}) == (0.0, 0)
+    # a target the user already has is excluded, so it is never shown, even when k exceeds the items
+    # left after the history (the top k then also holds excluded ones: they are not recommendations)
+    assert contract.served_recall(art, _RECALL_TRAIN, {"d": ["i2"]}) == (0.0, 1)
+    assert contract.served_recall(art, _RECALL_TRAIN, {"d": ["i2", "i3"]}, k=6) == (0.5, 1)
 
 
 def test_served_recall_counts_every_user_once_across_blocks(tmp_path: Path) -> None:
