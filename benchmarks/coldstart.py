@@ -129,24 +129,34 @@ def train_variant(
     """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact.
 
     ``reuse``: take the checkpoint an earlier run with the same ``--out`` left in ``run-<variant>``
-    (only the exports are redone; the export refuses a checkpoint of other data)."""
+    and the artifacts it exported from it (``run-<variant>/exports.json``); only the content kinds
+    not exported yet are (the export refuses a checkpoint of other data)."""
     out.mkdir(parents=True, exist_ok=True)
     run, store, log = out / f"run-{variant}", out / "store", out / f"log-{variant}.txt"
     config_args = ["--config", config] if config else []
-    if reuse and (run / "best.pt").exists():
+    reused = reuse and (run / "best.pt").exists()
+    if reused:
         trained = {"run_dir": str(run)}
     else:
         trained = _training_cli(
             "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
             f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
         )  # fmt: skip
+    # content kind -> artifact exported from this checkpoint; with ``reuse`` those are loaded again
+    exports_file = run / "exports.json"
+    exports: dict[str, str] = {}
+    if reused and exports_file.exists():
+        exports = json.loads(exports_file.read_text())
     arts = {}
     for content in [*kinds, "none"]:
-        exported = _training_cli(
-            "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
-            "--content-path", content, log=log,
-        )  # fmt: skip
-        arts[content] = load_artifact(exported["artifact"])
+        if content not in exports or not Path(exports[content]).is_dir():
+            exported = _training_cli(
+                "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
+                "--content-path", content, log=log,
+            )  # fmt: skip
+            exports[content] = exported["artifact"]
+            exports_file.write_text(json.dumps(exports, indent=1) + "\n")
+        arts[content] = load_artifact(exports[content])
     return arts
 
 
