@@ -51,8 +51,8 @@ def export_checkpoint(
     its features: ``"bpr"`` by BPR against the trained h_u, ``"bpr-calibrated"`` (default: the
     service reserves list slots for new items, docs/BENCHMARKS.md "Slots for new items") the same
     map placed among the trained items by the warm items' least-squares line, ``"profile"`` in
-    closed form so that h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
-    trained h_i (training.content); ``"none"`` exports the model as trained.
+    closed form so that h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge
+    regression onto the trained h_i (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
