@@ -566,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         "--slots", nargs="*", type=int, default=[1, 2, 5],
         help="slot counts s of the hybrid lists: exactly, at least and at most s new items (none: skip)",
     )  # fmt: skip
+    p.add_argument(
+        "--slots-only", action="store_true",
+        help="score the slot policies only (skip the cold / warm / hybrid tables and the targets)",
+    )  # fmt: skip
     p.add_argument("--ordinary", action="store_true", help="also the ordinary split's cold pairs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/coldstart"))
     p.add_argument("overrides", nargs="*", help="key=value trainer overrides for every run")
@@ -606,9 +610,12 @@ def main(argv: list[str] | None = None) -> int:
             for k, a in by_kind.items()
             if a.manifest.content
         },
-        "settings": evaluate(methods, dataset, settings, reference, args.bootstrap),
+        "settings": {}
+        if args.slots_only
+        else evaluate(methods, dataset, settings, reference, args.bootstrap),
     }
-    result["targets"] = targets(result["settings"])
+    if not args.slots_only:
+        result["targets"] = targets(result["settings"])
     if args.slots:
         pair_sets = {"all pairs": settings["hybrid"][1], "warm pairs": dataset.val, "new pairs": cold_target}
         result["slots"] = evaluate_slots(
