@@ -7,7 +7,8 @@ arrays) that is replaced by one reference assignment, so a search never sees hal
 
 * over an exact (flat) artifact index, each view holds a copy of it with the added items' h_i
   appended, built before any search sees it and never changed after: one search per request. Over
-  an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS``, the added items
+  an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS`` or short of
+  ``NEW_ITEMS_SLOTS``, the added items
   live in a small exact side index searched beside the artifact's and merged by score. No index
   being searched is ever added to;
 * unavailable items (of either kind) are excluded from every result: ``/recommend`` (all paths,
@@ -20,9 +21,11 @@ arrays) that is replaced by one reference assignment, so a search never sees hal
   and swapped in together with it; an item the new model contains keeps only its availability (the
   trained vector wins over the content path), the others get vectors from the new content path.
 
-Added items enter a user's top-K blended by score with the artifact's items (their h_i lives in the
-same space: the content path is fitted to the trained h_i). ``NEW_ITEMS_MAX_SLOTS`` bounds how many
-of them one list may hold.
+Added items are ranked with the artifact's items by score (their h_i lives in the same space: the
+content path is fitted to the trained h_i), and a ``/recommend`` list holds at least
+``NEW_ITEMS_SLOTS`` of them (reserved slots: the default content path places new items at the
+trained items' scale, where they rarely reach a list by score alone; docs/BENCHMARKS.md) and at most
+``NEW_ITEMS_MAX_SLOTS``.
 
 Every change goes through the log (``service.itemlog``: a Redis stream shared by the replicas, or a
 list in process), which each replica polls every ``ITEMS_POLL_INTERVAL_S`` and applies in order.
