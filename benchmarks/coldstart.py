@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {"id_only": ["id_only=true"], "full": []}
 METRICS = ("recall", "ndcg")
 REFERENCE_SUFFIX = " + content path"
+BLEND = "blend by score"
 
 
 def cold_split(data: Path, seed: int, share: float) -> dict[str, Any]:
@@ -128,24 +129,34 @@ def train_variant(
     """Train one variant on ``data``; return its artifacts: content path kind (or "none") -> artifact.
 
     ``reuse``: take the checkpoint an earlier run with the same ``--out`` left in ``run-<variant>``
-    (only the exports are redone; the export refuses a checkpoint of other data)."""
+    and the artifacts it exported from it (``run-<variant>/exports.json``); only the content kinds
+    not exported yet are (the export refuses a checkpoint of other data)."""
     out.mkdir(parents=True, exist_ok=True)
     run, store, log = out / f"run-{variant}", out / "store", out / f"log-{variant}.txt"
     config_args = ["--config", config] if config else []
-    if reuse and (run / "best.pt").exists():
+    reused = reuse and (run / "best.pt").exists()
+    if reused:
         trained = {"run_dir": str(run)}
     else:
         trained = _training_cli(
             "train", "--data", str(data), "--out", str(run), "--no-progress", *config_args,
             f"seed={seed}", *overrides, *VARIANTS[variant], log=log,
         )  # fmt: skip
+    # content kind -> artifact exported from this checkpoint; with ``reuse`` those are loaded again
+    exports_file = run / "exports.json"
+    exports: dict[str, str] = {}
+    if reused and exports_file.exists():
+        exports = json.loads(exports_file.read_text())
     arts = {}
     for content in [*kinds, "none"]:
-        exported = _training_cli(
-            "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
-            "--content-path", content, log=log,
-        )  # fmt: skip
-        arts[content] = load_artifact(exported["artifact"])
+        if content not in exports or not Path(exports[content]).is_dir():
+            exported = _training_cli(
+                "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
+                "--content-path", content, log=log,
+            )  # fmt: skip
+            exports[content] = exported["artifact"]
+            exports_file.write_text(json.dumps(exports, indent=1) + "\n")
+        arts[content] = load_artifact(exports[content])
     return arts
 
 
@@ -211,6 +222,90 @@ def rankings(
     return out
 
 
+def per_user_slots(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    warm: np.ndarray,
+    new: np.ndarray,
+    train: Any,
+    target: Any,
+    k: int = 20,
+    floor: int = 0,
+    cap: int | None = None,
+    batch_users: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Recall@k and NDCG@k per user of a top-k list that mixes ``warm`` and ``new`` items by slots.
+
+    A user's list holds the best n new items and the best k - n warm ones by h_u . h_i (training
+    items masked), where n is the number of new items in the top k of both sets ranked together,
+    raised to ``floor`` (reserved slots) and lowered to ``cap`` (at most), never above the new items
+    the user has: ``floor = cap = 0`` is warm items alone, ``floor = 0, cap = None`` the blend by
+    score, ``floor = cap = s`` exactly s new items. The list is ordered by score (NDCG). Users and
+    the recall denominator as in ``per_user_topk`` over the candidates ``warm`` + ``new``.
+    """
+    import torch
+
+    warm, new = np.asarray(warm, dtype=np.int64), np.asarray(new, dtype=np.int64)
+    candidates = np.concatenate((warm, new))
+    n_warm = warm.size
+    column = np.full(item_emb.shape[0], -1, dtype=np.int64)
+    column[candidates] = np.arange(candidates.size)
+
+    def pairs(split: Any) -> tuple[np.ndarray, np.ndarray]:
+        users = np.repeat(np.arange(len(split.indptr) - 1), np.diff(split.indptr))
+        cols = column[np.asarray(split.indices, dtype=np.int64)]
+        keep = cols >= 0
+        return users[keep], cols[keep]
+
+    t_users, t_cols = pairs(target)
+    s_users, s_cols = pairs(train)
+    users = np.unique(t_users)
+    kw, kn = min(k, n_warm), min(k, new.size)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discount)
+    cand_emb = torch.as_tensor(np.asarray(item_emb, dtype=np.float32)[candidates])
+    user_t = torch.as_tensor(np.asarray(user_emb, dtype=np.float32))
+    recall, ndcg = np.zeros(users.size), np.zeros(users.size)
+    row_of = np.full(len(target.indptr) - 1, -1, dtype=np.int64)
+    for start in range(0, users.size, batch_users):
+        block = users[start : start + batch_users]
+        row_of[block] = np.arange(block.size)
+        scores = user_t[torch.as_tensor(block)] @ cand_emb.T  # (B, n_warm + n_new)
+        in_block = row_of[s_users] >= 0
+        scores[torch.as_tensor(row_of[s_users[in_block]]), torch.as_tensor(s_cols[in_block])] = float("-inf")
+        w_val, w_idx = scores[:, :n_warm].topk(kw, dim=1)  # (B, kw), best warm first
+        n_val, n_idx = scores[:, n_warm:].topk(kn, dim=1)  # (B, kn), best new first
+        w_val, n_val = w_val.numpy(), n_val.numpy()
+        top_val = np.concatenate((w_val, n_val), axis=1)
+        # how many new items the blend by score puts in the top k (ties: warm first, as the service)
+        is_new = np.concatenate((np.zeros_like(w_val, bool), np.ones_like(n_val, bool)), axis=1)
+        by_score = np.lexsort((is_new, -top_val), axis=1)[:, :k]
+        n_new = np.take_along_axis(is_new, by_score, axis=1).sum(axis=1)
+        n_new = np.maximum(n_new, floor)
+        if cap is not None:
+            n_new = np.minimum(n_new, cap)
+        have_new = np.isfinite(n_val).sum(axis=1)  # new items not masked by training
+        n_new = np.minimum(np.minimum(n_new, have_new), k)
+        take = np.concatenate(
+            (np.arange(kw)[None, :] < (k - n_new)[:, None], np.arange(kn)[None, :] < n_new[:, None]), axis=1
+        )
+        cols = np.concatenate((w_idx.numpy(), n_idx.numpy() + n_warm), axis=1)
+        listed = np.where(take, top_val, -np.inf)
+        order = np.argsort(-listed, axis=1, kind="stable")[:, :k]  # the list by score
+        shown = np.take_along_axis(take, order, axis=1)
+        ranked = np.take_along_axis(cols, order, axis=1)
+        relevant = np.zeros((block.size, candidates.size), dtype=bool)
+        t_in = row_of[t_users] >= 0
+        relevant[row_of[t_users[t_in]], t_cols[t_in]] = True
+        hits = np.take_along_axis(relevant, ranked, axis=1) & shown
+        n_rel = relevant.sum(axis=1)
+        recall[start : start + block.size] = hits.sum(axis=1) / n_rel
+        dcg = (hits * discount[: hits.shape[1]]).sum(axis=1)
+        ndcg[start : start + block.size] = dcg / ideal[np.minimum(n_rel, k) - 1]
+        row_of[block] = -1
+    return {"users": users, "recall": recall, "ndcg": ndcg}
+
+
 def _union(a: Interactions, b: Interactions) -> Interactions:
     (ua, ia), (ub, ib) = a.to_pairs(), b.to_pairs()
     users = np.concatenate([ua, ub]).astype(np.int64)
@@ -242,6 +337,70 @@ def evaluate(
     return results
 
 
+def slot_policies(slots: list[int]) -> dict[str, tuple[int, int | None]]:
+    """Policy label -> (floor, cap) of ``per_user_slots``; the first, the blend by score, is the
+    reference of the differences."""
+    out: dict[str, tuple[int, int | None]] = {BLEND: (0, None)}
+    out.update({f"exactly {s}": (s, s) for s in slots})
+    out.update({f"at least {s}": (s, None) for s in slots})
+    out.update({f"at most {s}": (0, s) for s in slots})
+    return out
+
+
+def evaluate_slots(
+    methods: dict[str, tuple[np.ndarray, np.ndarray]],
+    variants: list[str],
+    dataset: Dataset,
+    warm: np.ndarray,
+    new: np.ndarray,
+    pair_sets: dict[str, Interactions],
+    slots: list[int],
+    n_boot: int,
+) -> dict[str, Any]:
+    """Each variant's content paths under each slot policy, on each set of evaluation pairs.
+
+    Returns pairs -> variant -> {"n_users", "rows": {"<kind>, <policy>": stats}}; the stats are
+    ``paired_bootstrap``'s, ``diff*`` to the same kind blended by score, plus ``none_diff*``: the
+    difference to the variant without a content path, blended by score (its cold items keep their
+    untrained vectors)."""
+    policies = slot_policies(slots)
+    out: dict[str, Any] = {}
+    for pairs, target in pair_sets.items():
+        out[pairs] = {}
+        for variant in variants:
+            kinds = {"none": variant}
+            kinds.update(
+                {
+                    name[len(variant + REFERENCE_SUFFIX) + 2 : -1]: name
+                    for name in methods
+                    if name.startswith(variant + REFERENCE_SUFFIX)
+                }
+            )
+            per: dict[str, np.ndarray] = {}
+            users = None
+            for kind, name in kinds.items():
+                u, i = methods[name]
+                for policy, (floor, cap) in policies.items():
+                    if kind == "none" and policy != BLEND:
+                        continue
+                    r = per_user_slots(u, i, warm, new, dataset.train, target, 20, floor, cap)
+                    users = r["users"] if users is None else users
+                    assert np.array_equal(users, r["users"])
+                    per[f"{kind}, {policy}"] = r["recall"]
+            none = f"none, {BLEND}"
+            vs_none = paired_bootstrap(per, none, n_boot=n_boot)
+            rows: dict[str, dict[str, float]] = {}
+            for kind in kinds:
+                mine = {key: v for key, v in per.items() if key.startswith(f"{kind}, ")}
+                for key, stats in paired_bootstrap(mine, f"{kind}, {BLEND}", n_boot=n_boot).items():
+                    rows[key] = {
+                        **stats,
+                        **{f"none_{f}": vs_none[key][f] for f in ("diff", "diff_lo", "diff_hi")},
+                    }
+            out[pairs][variant] = {"n_users": int(0 if users is None else users.size), "rows": rows}
+    return out
+
+
 def ordinary_split(data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_dataset(data)
     popularity = dataset.train.item_counts(dataset.n_items)
@@ -252,11 +411,17 @@ def ordinary_split(data: Path, out: Path, args: argparse.Namespace) -> dict[str,
         users[cold_pairs], val.indices[cold_pairs].astype(np.int64), val.n_users
     )
     every = np.arange(dataset.n_items)
-    result: dict[str, Any] = {"n_val_pairs": int(val.nnz), "n_cold_val_pairs": int(cold_pairs.sum())}
+    warm, new = np.flatnonzero(popularity > 0), np.flatnonzero(popularity == 0)
+    result: dict[str, Any] = {
+        "n_val_pairs": int(val.nnz),
+        "n_cold_val_pairs": int(cold_pairs.sum()),
+        "n_items_without_training": int(new.size),
+    }
     for variant in args.variants:
         arts = train_variant(
-            data, out / "ordinary", variant, args.config, args.seed, args.overrides, args.content
-        )
+            data, out / "ordinary", variant, args.config, args.seed, args.overrides, args.content,
+            args.reuse,
+        )  # fmt: skip
         row: dict[str, Any] = {}
         for kind, a in arts.items():
             label = "without" if kind == "none" else kind
@@ -270,6 +435,22 @@ def ordinary_split(data: Path, out: Path, args: argparse.Namespace) -> dict[str,
                 "cold_pairs_hit_users": int((cold["recall"] > 0).sum()),
                 "cold_pairs_users": int(cold["users"].size),
             }
+            if kind == "none" or not args.slots:
+                continue
+            # the items without training interactions as the new items of the slot policies
+            per_all: dict[str, np.ndarray] = {}
+            policies: dict[str, Any] = {}
+            for policy, (floor, cap) in slot_policies(args.slots).items():
+                r_all = per_user_slots(u, i, warm, new, dataset.train, val, 20, floor, cap)
+                r_cold = per_user_slots(u, i, warm, new, dataset.train, cold_val, 20, floor, cap)
+                per_all[policy] = r_all["recall"]
+                policies[policy] = {
+                    "cold_pairs_recall@20": float(r_cold["recall"].mean()) if r_cold["users"].size else None,
+                    "cold_pairs_hit_users": int((r_cold["recall"] > 0).sum()),
+                }
+            for policy, stats in paired_bootstrap(per_all, BLEND, n_boot=args.bootstrap).items():
+                policies[policy]["val_recall@20"] = stats
+            row[label]["slots"] = policies
         result[variant] = row
     return result
 
@@ -294,6 +475,23 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     if result.get("targets"):
         lines += ["Targets (cold Recall@20 ratios): " + json.dumps(result["targets"]), ""]
+    for pairs, by_variant in result.get("slots", {}).items():
+        for variant, res in by_variant.items():
+            lines += [
+                f"**slots, {variant}, {pairs}** ({res['n_users']} users; the list of 20 over warm + "
+                f"new items, the new ones the reported cold half); differences to the same content "
+                f"path blended by score, and to `{variant}` without one",
+                "",
+                "| content path, policy | Recall@20 [95% CI] | diff to blend | diff to no content path |",
+                "|---|---|---|---|",
+            ]
+            for name, st in res["rows"].items():
+                lines.append(
+                    f"| {name} | {st['mean']:.4f} [{st['lo']:.4f}, {st['hi']:.4f}] | "
+                    f"{st['diff']:+.4f} [{st['diff_lo']:+.4f}, {st['diff_hi']:+.4f}] | "
+                    f"{st['none_diff']:+.4f} [{st['none_diff_lo']:+.4f}, {st['none_diff_hi']:+.4f}] |"
+                )
+            lines.append("")
     if result.get("ordinary"):
         o = result["ordinary"]
         lines += [
@@ -310,6 +508,24 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {variant} | {label} | {r['val_recall@20']:.4f} | {r['val_ndcg@20']:.4f} | {cold} | "
                     f"{r['cold_pairs_hit_users']} of {r['cold_pairs_users']} |"
                 )
+        slotted = [(v, lab, r) for v in result["variants"] for lab, r in o[v].items() if r.get("slots")]
+        if slotted:
+            lines += [
+                "",
+                f"Ordinary split, slot policies ({o['n_items_without_training']} items without training "
+                "interactions as the new items):",
+                "",
+                "| model | content path, policy | val Recall@20 (all pairs) | diff to blend | users with a cold hit |",
+                "|---|---|---|---|---|",
+            ]
+            for variant, label, r in slotted:
+                for policy, p in r["slots"].items():
+                    st = p["val_recall@20"]
+                    lines.append(
+                        f"| {variant} | {label}, {policy} | {st['mean']:.4f} | "
+                        f"{st['diff']:+.4f} [{st['diff_lo']:+.4f}, {st['diff_hi']:+.4f}] | "
+                        f"{p['cold_pairs_hit_users']} of {r['cold_pairs_users']} |"
+                    )
     return "\n".join(lines)
 
 
@@ -345,6 +561,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--reuse", action="store_true",
         help="reuse the trained checkpoints an earlier run left under --out (same data, seed, config)",
+    )  # fmt: skip
+    p.add_argument(
+        "--slots", nargs="*", type=int, default=[1, 2, 5],
+        help="slot counts s of the hybrid lists: exactly, at least and at most s new items (none: skip)",
+    )  # fmt: skip
+    p.add_argument(
+        "--slots-only", action="store_true",
+        help="score the slot policies only (skip the cold / warm / hybrid tables and the targets)",
     )  # fmt: skip
     p.add_argument("--ordinary", action="store_true", help="also the ordinary split's cold pairs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/coldstart"))
@@ -386,9 +610,17 @@ def main(argv: list[str] | None = None) -> int:
             for k, a in by_kind.items()
             if a.manifest.content
         },
-        "settings": evaluate(methods, dataset, settings, reference, args.bootstrap),
+        "settings": {}
+        if args.slots_only
+        else evaluate(methods, dataset, settings, reference, args.bootstrap),
     }
-    result["targets"] = targets(result["settings"])
+    if not args.slots_only:
+        result["targets"] = targets(result["settings"])
+    if args.slots:
+        pair_sets = {"all pairs": settings["hybrid"][1], "warm pairs": dataset.val, "new pairs": cold_target}
+        result["slots"] = evaluate_slots(
+            methods, args.variants, dataset, warm_items, reported, pair_sets, args.slots, args.bootstrap
+        )
     if args.ordinary:
         result["ordinary"] = ordinary_split(args.data, out, args)
     text = markdown(result)

@@ -7,7 +7,8 @@ arrays) that is replaced by one reference assignment, so a search never sees hal
 
 * over an exact (flat) artifact index, each view holds a copy of it with the added items' h_i
   appended, built before any search sees it and never changed after: one search per request. Over
-  an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS``, the added items
+  an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS`` or short of
+  ``NEW_ITEMS_SLOTS``, the added items
   live in a small exact side index searched beside the artifact's and merged by score. No index
   being searched is ever added to;
 * unavailable items (of either kind) are excluded from every result: ``/recommend`` (all paths,
@@ -20,9 +21,11 @@ arrays) that is replaced by one reference assignment, so a search never sees hal
   and swapped in together with it; an item the new model contains keeps only its availability (the
   trained vector wins over the content path), the others get vectors from the new content path.
 
-Added items enter a user's top-K blended by score with the artifact's items (their h_i lives in the
-same space: the content path is fitted to the trained h_i). ``NEW_ITEMS_MAX_SLOTS`` bounds how many
-of them one list may hold.
+Added items are ranked with the artifact's items by score (their h_i lives in the same space: the
+content path is fitted to the trained h_i), and a ``/recommend`` list holds at least
+``NEW_ITEMS_SLOTS`` of them (reserved slots: the default content path places new items at the
+trained items' scale, where they rarely reach a list by score alone; docs/BENCHMARKS.md) and at most
+``NEW_ITEMS_MAX_SLOTS``.
 
 Every change goes through the log (``service.itemlog``: a Redis stream shared by the replicas, or a
 list in process), which each replica polls every ``ITEMS_POLL_INTERVAL_S`` and applies in order.
@@ -106,8 +109,11 @@ class CatalogueView:
         features_position: str | None,
         max_slots: int | None,
         combined: SearchSpace | None = None,
+        *,
+        min_slots: int = 0,
     ) -> None:
-        """``combined``: the previous view's search space, when the item vectors are unchanged."""
+        """``combined``: the previous view's search space, when the item vectors are unchanged.
+        ``min_slots`` / ``max_slots``: the fewest / most added items one list holds (see top_k)."""
         self.rec = rec
         self.content = content
         self.records = records  # the Catalogue's records this view was built from
@@ -143,6 +149,7 @@ class CatalogueView:
         self.n_unavailable = self.n_unavailable_base + int(new_available.size - self.n_new_available)
         self.features_position = features_position
         self.max_slots = max_slots
+        self.min_slots = min_slots
         # Cached user vectors depend on the added items' features: scope them by the log position
         # of the last batch that added or re-featured one (the same on every replica).
         self.cache_version = (
@@ -159,6 +166,8 @@ class CatalogueView:
         records: Mapping[str, ItemRecord],
         features_position: str | None,
         max_slots: int | None,
+        *,
+        min_slots: int = 0,
     ) -> CatalogueView:
         """The overlay from scratch on ``rec`` (at start and on a model swap)."""
         base_available = np.ones(rec.n_items, dtype=bool)
@@ -194,6 +203,7 @@ class CatalogueView:
             np.array(available, dtype=bool),
             features_position,
             max_slots,
+            min_slots=min_slots,
         )
 
     @staticmethod
@@ -279,6 +289,7 @@ class CatalogueView:
             features_position,
             self.max_slots,
             self.space if vectors is self.new_vectors else None,
+            min_slots=self.min_slots,
         )
 
     # ---------------------------------------------------------------- ids
@@ -377,32 +388,42 @@ class CatalogueView:
 
     # ---------------------------------------------------------------- retrieval
 
-    def top_k(self, vector: np.ndarray | None, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(
+        self, vector: np.ndarray | None, k: int, exclude: np.ndarray, *, reserve: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` available items not in ``exclude``, artifact and added ones merged by score.
 
-        ``vector`` None ranks by training popularity (added items have none: they come last).
+        How many added items the list holds: as many as the blend by score puts in its top ``k``,
+        raised to ``min_slots`` when ``reserve`` (reserved slots, ``NEW_ITEMS_SLOTS``: the best
+        added items by score take them, the artifact's items the rest) and lowered to ``max_slots``
+        (``NEW_ITEMS_MAX_SLOTS``), never more than the added items that may be shown. The list is
+        ordered by score. ``vector`` None ranks by training popularity (added items have none: they
+        come last, in the order they were first added).
         """
         exclude = np.asarray(exclude, dtype=np.int64)
-        if self.space is not None and vector is not None and self.n_new_available:
-            # one search over artifact + added items (exact: the same inner products, one ranking)
-            labels, scores = self.rec.top_k(
-                vector, k, exclude, self.unavailable_mask, self.n_unavailable, self.space
-            )
-            if self.max_slots is None or int((labels >= self.n_base).sum()) <= self.max_slots:
-                return labels, scores
-        base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
-        mask = self.unavailable_base_mask if self.n_unavailable_base else None
-        labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
-        take = min(k, self.n_new_available)
-        if self.max_slots is not None:
-            take = min(take, self.max_slots)
-        if take <= 0:
-            return labels, scores
         new_exclude = exclude[exclude >= self.n_base] - self.n_base if exclude.size else _EMPTY
         allowed = self.new_available
         if new_exclude.size:
             allowed = allowed.copy()
             allowed[new_exclude] = False
+        n_allowed = self.n_new_available if not new_exclude.size else int(allowed.sum())
+        floor = min(self.min_slots if reserve else 0, n_allowed, k)
+        if self.space is not None and vector is not None and n_allowed:
+            # one search over artifact + added items (exact: the same inner products, one ranking)
+            labels, scores = self.rec.top_k(
+                vector, k, exclude, self.unavailable_mask, self.n_unavailable, self.space
+            )
+            n_new = int((labels >= self.n_base).sum())
+            if n_new >= floor and (self.max_slots is None or n_new <= self.max_slots):
+                return labels, scores
+        base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
+        mask = self.unavailable_base_mask if self.n_unavailable_base else None
+        labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
+        take = min(k, n_allowed)
+        if self.max_slots is not None:
+            take = min(take, self.max_slots)
+        if take <= 0:
+            return labels, scores
         if vector is None:  # popularity: added items have none; the first available ones, score 0
             best = np.flatnonzero(allowed)[:take]
             new_scores = np.zeros(best.size, dtype=np.float32)
@@ -419,11 +440,20 @@ class CatalogueView:
         all_labels = np.concatenate((labels, best + self.n_base))
         all_scores = np.concatenate((scores.astype(np.float32), new_scores))
         order = np.argsort(-all_scores, kind="stable")[:k]  # artifact items first among equal scores
+        n_new = int((order >= labels.size).sum())
+        floor = min(floor, best.size)
+        if n_new < floor:
+            # reserved slots: the best ``floor`` added items and the best artifact items around them
+            keep_base = min(labels.size, k - floor)
+            all_labels = np.concatenate((labels[:keep_base], best[:floor] + self.n_base))
+            all_scores = np.concatenate((scores[:keep_base].astype(np.float32), new_scores[:floor]))
+            order = np.argsort(-all_scores, kind="stable")
         return all_labels[order], all_scores[order]
 
     def similar(self, index: int, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Item-to-item neighbours by inner product of the model's item vectors h_i."""
-        return self.top_k(self.item_vector(index), k, np.concatenate((exclude, [index])))
+        """Item-to-item neighbours by inner product of the model's item vectors h_i (no reserved
+        slots: the added items' share of a user's list is no question for an item's neighbours)."""
+        return self.top_k(self.item_vector(index), k, np.concatenate((exclude, [index])), reserve=False)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -562,7 +592,12 @@ class Catalogue:
         self, rec: Recommender, records: Mapping[str, ItemRecord], features_position: str | None
     ) -> CatalogueView:
         return CatalogueView.build(
-            rec, self._content_path(rec), records, features_position, self.settings.new_items_max_slots
+            rec,
+            self._content_path(rec),
+            records,
+            features_position,
+            self.settings.new_items_max_slots,
+            min_slots=self.settings.new_items_slots,
         )
 
     def _prepare(self, rec: Recommender) -> Callable[[], None]:

@@ -143,10 +143,18 @@ class Settings(BaseSettings):
     items_redis_timeout_s: float = Field(
         default=5.0, gt=0, description="Socket timeout of one item-log call (batches carry raw features)."
     )
+    new_items_slots: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Slots of every result list reserved for items added through the API: the best of them by "
+            "score fill these, the model's items the rest; 0 = blended by score alone."
+        ),
+    )
     new_items_max_slots: int | None = Field(
         default=None,
         ge=0,
-        description="Most items added through the API in one result list; unset = blended by score alone.",
+        description="Most items added through the API in one result list; unset = no bound.",
     )
 
     log_level: str = Field(default="INFO", description="Root log level.")
@@ -165,6 +173,11 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"DEFAULT_K ({self.default_k}) is larger than MAX_K ({self.max_k})")
+        if self.new_items_max_slots is not None and self.new_items_slots > self.new_items_max_slots:
+            raise ValueError(
+                f"NEW_ITEMS_SLOTS ({self.new_items_slots}) is larger than NEW_ITEMS_MAX_SLOTS "
+                f"({self.new_items_max_slots}): the reserved slots cannot exceed the bound"
+            )
         if self.admin_token is not None and not self.admin_token.get_secret_value():
             self.admin_token = None
         if self.interactions_token is not None and not self.interactions_token.get_secret_value():

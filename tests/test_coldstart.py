@@ -113,4 +113,86 @@ def test_train_variant_reuse_keeps_the_checkpoint_and_redoes_the_exports(tiny_da
     # the same trained model under both: identical user vectors
     assert np.array_equal(first["none"].arrays.user_embeddings, again["none"].arrays.user_embeddings)
     log = (tmp_path / "log-id_only.txt").read_text()
-    assert log.count("python -m training train") == 1 and log.count("python -m training export") == 4
+    # the second run exported profile only: "none" of the same checkpoint was loaded again
+    assert log.count("python -m training train") == 1 and log.count("python -m training export") == 3
+    assert again["none"].path == first["none"].path
+
+
+def _slots_reference(u, i, warm, new, train, target, k, floor, cap):
+    """Per user, a walk down all candidates by score: a new item joins while fewer than the cap
+    (and than k - nothing) are in, a warm one while fewer than k - floor' are, floor' being the
+    floor lowered to the new items the user has; metrics of the list in score order."""
+    warm_set = set(warm.tolist())
+    cands = list(warm) + list(new)
+    out = {}
+    for user in range(u.shape[0]):
+        seen = set(train.items_of(user).tolist())
+        rel = set(target.items_of(user).tolist()) & set(cands)
+        if not rel:
+            continue
+        avail = [c for c in cands if c not in seen]
+        n_new_avail = sum(1 for c in avail if c not in warm_set)
+        floor_u = min(floor, n_new_avail, k)
+        cap_u = k if cap is None else cap
+        # ties: warm first, then by position
+        ranked = sorted(avail, key=lambda c: (-float(u[user] @ i[c]), c not in warm_set, cands.index(c)))
+        listed, n_w, n_n = [], 0, 0
+        for c in ranked:
+            if len(listed) == k:
+                break
+            if c in warm_set and n_w < k - floor_u:
+                listed.append(c)
+                n_w += 1
+            elif c not in warm_set and n_n < cap_u:
+                listed.append(c)
+                n_n += 1
+        hits = [c in rel for c in listed]
+        dcg = sum(1 / np.log2(r + 2) for r, h in enumerate(hits) if h)
+        idcg = sum(1 / np.log2(r + 2) for r in range(min(len(rel), k)))
+        out[user] = (sum(hits) / len(rel), dcg / idcg)
+    return out
+
+
+@pytest.mark.parametrize("floor,cap", [(0, None), (0, 0), (2, 2), (3, None), (0, 2), (1, 4), (6, 6)])
+def test_per_user_slots_equals_a_per_user_walk_down_the_ranking(floor, cap):
+    from benchmarks.coldstart import per_user_slots
+
+    rng = np.random.default_rng(3)
+    n_users, n_items, k = 30, 40, 8
+    u = rng.standard_normal((n_users, 3))
+    i = rng.standard_normal((n_items, 3))
+    i[30:] *= 0.5 + rng.uniform(0, 1, (10, 1))  # new items sometimes above, sometimes below
+    warm, new = np.arange(0, 30), np.arange(30, 40)
+    # user 0 has seen all but 3 new items: a floor of 6 cannot be met for them
+    lists = [sorted(rng.choice(n_items, 4, replace=False).tolist()) for _ in range(n_users)]
+    lists[0] = list(range(30, 37))
+    train = Interactions.from_lists(lists)
+    target = Interactions.from_lists(
+        [sorted(set(rng.choice(n_items, 4, replace=False).tolist()) - set(t)) for t in lists]
+    )
+    ref = _slots_reference(u, i, warm, new, train, target, k, floor, cap)
+    got = per_user_slots(u, i, warm, new, train, target, k, floor, cap, batch_users=7)
+    assert got["users"].tolist() == sorted(ref)
+    assert np.allclose(got["recall"], [ref[x][0] for x in got["users"]])
+    assert np.allclose(got["ndcg"], [ref[x][1] for x in got["users"]])
+    if floor == 0 and cap is None:  # the blend by score is the plain ranking over both sets
+        plain = per_user_topk(u, i, np.concatenate((warm, new)), train, target, k=k)
+        assert np.allclose(got["recall"], plain["recall"]) and np.allclose(got["ndcg"], plain["ndcg"])
+
+
+def test_per_user_slots_hand_example():
+    from benchmarks.coldstart import per_user_slots
+
+    # one user, scores = item values; warm 0..3 (4, 3, 2, 1), new 4..5 (3.5, 0.5); k = 3
+    u = np.ones((1, 1))
+    i = np.array([[4.0], [3.0], [2.0], [1.0], [3.5], [0.5]])
+    warm, new = np.arange(4), np.array([4, 5])
+    train, target = Interactions.from_lists([[]]), Interactions.from_lists([[2, 5]])
+    r = per_user_slots(u, i, warm, new, train, target, k=3)  # blend: 0, 4, 1
+    assert r["recall"].tolist() == [0.0]
+    r = per_user_slots(u, i, warm, new, train, target, k=3, floor=2, cap=2)  # 0, 4, 5
+    assert r["recall"].tolist() == [0.5] and r["ndcg"][0] == pytest.approx((1 / 2) / (1 + 1 / np.log2(3)))
+    r = per_user_slots(u, i, warm, new, train, target, k=3, floor=0, cap=0)  # 0, 1, 2
+    assert r["recall"].tolist() == [0.5] and r["ndcg"][0] == pytest.approx(
+        (1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    )

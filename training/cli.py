@@ -152,11 +152,12 @@ def _cmd_job(args: argparse.Namespace) -> int:
 # Export's content path (artifact/content.py, numpy only: no torch import to parse the arguments).
 CONTENT_PATH_ARG: dict[str, Any] = {
     "choices": (*CONTENT_KINDS, "none"),
-    "default": "bpr",
-    "help": "bpr (default): export a content mapper fitted by BPR against the trained user vectors "
-    "and fill the vectors of items without training interactions from their features; bpr-calibrated: "
-    "the bpr map scaled by the least-squares line of the warm items' trained vectors on their mapped "
-    "ones (same order of new items for every user, placed among the trained items); profile: the "
+    "default": "bpr-calibrated",
+    "help": "bpr-calibrated (default): export a content mapper fitted by BPR against the trained user "
+    "vectors, scaled by the least-squares line of the warm items' trained vectors on their mapped "
+    "ones (same order of new items for every user as bpr, placed among the trained items), and fill "
+    "the vectors of items without training interactions from their features; bpr: the map unscaled "
+    "(new items then score above trained ones on the full model); profile: the "
     "same linear map in closed form so that h_u . h_i imitates the user's content profile; ridge: by "
     "ridge regression onto the trained item vectors; none: export as trained",
 }

@@ -42,17 +42,17 @@ def export_checkpoint(
     parent_version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
     notes: dict[str, Any] | None = None,
-    content: str = "bpr",
+    content: str = "bpr-calibrated",
 ) -> Path:
     """Write ``artifact_root/<version>`` from ``checkpoint_path`` (a best.pt) and return its path.
 
     With item features in the data, ``content`` fits the content mapper on the items with training
     interactions, exports it (artifact/content.py) and gives every item without one its h_i from
-    its features: ``"bpr"`` (default, chosen on the cold-start benchmark's cold validation items,
-    docs/BENCHMARKS.md) by BPR against the trained h_u, ``"bpr-calibrated"`` the same map placed
-    among the trained items by the warm items' least-squares line, ``"profile"`` in closed form so that
-    h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
-    trained h_i (training.content); ``"none"`` exports the model as trained.
+    its features: ``"bpr"`` by BPR against the trained h_u, ``"bpr-calibrated"`` (default: the
+    service reserves list slots for new items, docs/BENCHMARKS.md "Slots for new items") the same
+    map placed among the trained items by the warm items' least-squares line, ``"profile"`` in
+    closed form so that h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge
+    regression onto the trained h_i (training.content); ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")

@@ -38,29 +38,52 @@ def setup(store_root: Path) -> tuple[Recommender, Any, dict[str, ItemRecord], np
 
 
 def _reference(
-    view: CatalogueView, q: np.ndarray, k: int, exclude: np.ndarray, max_slots: int | None = None
+    view: CatalogueView,
+    q: np.ndarray,
+    k: int,
+    exclude: np.ndarray,
+    max_slots: int | None = None,
+    min_slots: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by numpy over artifact + added h_i; at most ``max_slots`` added items."""
+    """Exact top-k by numpy over artifact + added h_i: a walk down all available items by score
+    that takes an added item while fewer than ``max_slots`` are in, and an artifact item while
+    fewer than k minus the reserved ``min_slots`` (at most the added items left) are."""
     vectors = np.concatenate([view.artifact.arrays.item_embeddings, view.new_vectors]).astype(np.float64)
     ok = np.concatenate([view.base_available, view.new_available])
     ok[exclude] = False
     s = vectors @ q.astype(np.float64)
     s[~ok] = -np.inf
     order = [i for i in np.argsort(-s, kind="stable") if np.isfinite(s[i])]
-    if max_slots is not None:
-        added = [i for i in order if i >= view.n_base][:max_slots]
-        order = sorted([i for i in order if i < view.n_base] + added, key=lambda i: -s[i])
-    top = np.array(order[:k], dtype=np.int64)
+    reserved = min(min_slots, sum(1 for i in order if i >= view.n_base), k)
+    cap = k if max_slots is None else max_slots
+    listed: list[int] = []
+    n_added = n_model = 0
+    for i in order:
+        if len(listed) == k:
+            break
+        if i >= view.n_base and n_added < cap:
+            listed.append(i)
+            n_added += 1
+        elif i < view.n_base and n_model < k - reserved:
+            listed.append(i)
+            n_model += 1
+    top = np.array(listed, dtype=np.int64)
     return top, s[top]
 
 
-def _check(view: CatalogueView, rng: np.random.Generator, trials: int, max_slots: int | None = None) -> None:
+def _check(
+    view: CatalogueView,
+    rng: np.random.Generator,
+    trials: int,
+    max_slots: int | None = None,
+    min_slots: int = 0,
+) -> None:
     for _ in range(trials):
         q = rng.normal(size=view.dim).astype(np.float32)
         exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
         k = int(rng.integers(1, 80))
         labels, scores = view.top_k(q, k, exclude)
-        want_labels, want_scores = _reference(view, q, k, exclude, max_slots)
+        want_labels, want_scores = _reference(view, q, k, exclude, max_slots, min_slots)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
         gaps = np.diff(want_scores)
         if want_scores.size < 2 or np.abs(gaps).min() > 1e-4:  # no near-tie: the ids are determined
@@ -88,6 +111,30 @@ def test_max_slots_bound_still_holds_and_stays_exact(setup: Any) -> None:
     for _ in range(20):
         labels, _ = view.top_k(rng.normal(size=view.dim).astype(np.float32), 30, np.zeros(0, np.int64))
         assert int((labels >= view.n_base).sum()) <= 2
+
+
+@pytest.mark.parametrize("min_slots,max_slots", [(1, None), (3, None), (2, 2), (2, 5), (90, None)])
+def test_reserved_slots_hold_the_best_added_items_and_stay_exact(
+    setup: Any, min_slots: int, max_slots: int | None
+) -> None:
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", max_slots, min_slots=min_slots)
+    # added items scaled down: by score alone they rarely reach a list, so the slots decide
+    view = CatalogueView(
+        view.rec, view.content, view.records, view.base_available, view.new_ids, 0.05 * view.new_vectors,
+        view.new_modality, view.new_available, "1-0", max_slots, min_slots=min_slots,
+    )  # fmt: skip
+    _check(view, rng, trials=60, max_slots=max_slots, min_slots=min_slots)
+    n_shown = int(view.new_available.sum())
+    for _ in range(20):
+        q = rng.normal(size=view.dim).astype(np.float32)
+        labels, scores = view.top_k(q, 30, np.zeros(0, np.int64))
+        assert int((labels >= view.n_base).sum()) >= min(min_slots, n_shown, 30) and labels.size == 30
+        assert np.all(np.diff(scores) <= 1e-6)
+    # the popularity path: added items have no popularity, the first available ones take the slots
+    labels, _ = view.top_k(None, 10, np.zeros(0, np.int64))
+    first = [view.n_base + j for j in np.flatnonzero(view.new_available)[: min(min_slots, 10)]]
+    assert [i for i in labels.tolist() if i >= view.n_base] == first
 
 
 def test_availability_change_reuses_the_space_and_new_items_rebuild_it(setup: Any) -> None:

@@ -187,11 +187,63 @@ def test_new_items_max_slots_bounds_them_in_a_list(
     scale = 3.0 * np.linalg.norm(artifact.arrays.item_embeddings, axis=1).max() / np.linalg.norm(h_u)
     items = [_body(f"slot-{j}", _taste_features((scale + j) * h_u, planted)) for j in range(4)]
     for slots, expected in ((None, 4), (1, 1), (0, 0)):
-        client = make_client(admin_token=TOKEN, new_items_max_slots=slots)
+        client = make_client(admin_token=TOKEN, new_items_max_slots=slots, new_items_slots=0)
         assert _put(client, items).status_code == 200
         got = _ids(client.post("/recommend", json={"user_id": "u5", "k": 6}).json())
         assert sum(i.startswith("slot-") for i in got) == expected, (slots, got)
         assert len(got) == 6
+
+
+def test_new_items_slots_reserve_a_place_for_the_best_added_items(
+    make_client: Callable[..., TestClient], content_artifact: Any
+) -> None:
+    """Added items that score below every model item still fill the reserved slots (the best of
+    them by score), the rest of the list is the model's top by score, all in score order."""
+    artifact, planted = content_artifact
+    a = artifact.arrays
+    h_u = a.user_embeddings[5].astype(np.float64)
+    feats = {f"low-{j}": _taste_features(-(1.0 + j) * h_u, planted) for j in range(3)}
+    train = set(artifact.user_items(5).tolist())
+    model = {
+        a.item_ids[i]: float(a.item_embeddings[i] @ h_u) for i in range(len(a.item_ids)) if i not in train
+    }
+    added = {i: float(_h(f, planted) @ h_u) for i, f in feats.items()}
+    assert max(added.values()) < min(model.values())  # by score alone they never reach a list
+    best_added = sorted(added, key=lambda i: -added[i])
+    for slots, k in ((0, 6), (1, 6), (2, 6), (5, 6), (2, 1)):
+        client = make_client(admin_token=TOKEN, new_items_slots=slots)
+        assert _put(client, [_body(i, f) for i, f in feats.items()]).status_code == 200
+        got = client.post("/recommend", json={"user_id": "u5", "k": k}).json()
+        n = min(slots, len(feats), k)
+        pool = {i: model[i] for i in sorted(model, key=lambda i: -model[i])[: k - n]}
+        pool |= {i: added[i] for i in best_added[:n]}
+        assert _ids(got) == sorted(pool, key=lambda i: -pool[i]), (slots, k)
+        np.testing.assert_allclose(
+            [it["score"] for it in got["items"]], sorted(pool.values())[::-1], rtol=1e-4
+        )
+        # the popularity path too: added items have no popularity, the first added ones fill the slots
+        pop = _ids(client.post("/recommend", json={"user_id": "nobody", "k": k}).json())
+        assert [i for i in pop if i.startswith("low-")] == list(feats)[:n]
+        # similar items are neighbours by score only: no reserved slots there
+        sim = _ids(client.post(f"/items/{a.item_ids[0]}/similar", json={"k": 3}).json())
+        vec = a.item_embeddings.astype(np.float64)
+        sims = {a.item_ids[i]: float(vec[i] @ vec[0]) for i in range(1, len(a.item_ids))}
+        sims |= {i: float(_h(f, planted) @ vec[0]) for i, f in feats.items()}
+        assert sim == sorted(sims, key=lambda i: -sims[i])[:3]
+
+
+def test_new_items_slots_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    assert Settings().new_items_slots == 1  # the shipped default
+    monkeypatch.setenv("NEW_ITEMS_SLOTS", "3")
+    assert Settings().new_items_slots == 3
+    monkeypatch.setenv("NEW_ITEMS_MAX_SLOTS", "2")
+    with pytest.raises(ValueError, match=r"NEW_ITEMS_SLOTS \(3\) is larger than NEW_ITEMS_MAX_SLOTS \(2\)"):
+        Settings()
+    monkeypatch.setenv("NEW_ITEMS_SLOTS", "-1")
+    with pytest.raises(ValueError, match="new_items_slots"):
+        Settings()
 
 
 # ------------------------------------------------------------------------------------- availability
