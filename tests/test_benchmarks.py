@@ -402,3 +402,16 @@ def test_scale_benchmark_reports_view_recall_and_the_validation_sample(tiny_data
     (row,) = json.loads(out.read_text())["rows"]
     assert row["view_index"] == "ivf" and row["eval_users"] == 30
     assert row["view_recall"] == [1.0, 1.0]  # every cell probed: the exact top-k
+
+
+def test_view_recall_is_one_when_every_cell_is_probed(tiny_data, tmp_path):
+    from benchmarks import view_recall
+
+    out = tmp_path / "recall.json"
+    args = ["--data", str(tiny_data), "--probes", "1", "38", "--out", str(out), *FAST_OVERRIDES]
+    assert view_recall.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["lists"] == 38  # 4 sqrt(90 items)
+    one, every = result["rows"]
+    assert every["probe"] == 38 and every["recall"] == [1.0, 1.0]
+    assert all(0.0 < r <= 1.0 for r in one["recall"])
