@@ -11,6 +11,13 @@ view refresh, one full validation ranking, and the process's peak RSS. The epoch
 steps/epoch x step + refreshes/epoch x refresh. ``--scale-batch`` (default) multiplies
 ``batch_size`` by s, so an epoch has the same number of full-graph passes at every scale; with
 ``--no-scale-batch`` the step count grows with s too. Prints a table and writes JSON to ``--out``.
+
+Refreshes per epoch follow the trainer's schedule (``view_refresh_steps`` or
+``view_refreshes_per_epoch``); validation ranks the trainer's users (all, or the ``eval_users``
+sample). With an approximate view search (``view_index=ivf``) the table also gives, per modality,
+the recall of the exact top-k in the refreshed views over 2,000 sampled active users (on the
+untrained model's features: random synthetic item features are close to the worst case for an
+ANN index).
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ def write_scaled(data: Path, scale: int, out: Path, seed: int = 0) -> dict[str, 
     """A TikTok-shaped dataset folder at ``scale`` x ``data``'s users and items."""
     train = json.loads((data / "train.json").read_text())
     base_users = set(train) | set(json.loads((data / "val.json").read_text()))
-    degrees = np.array([len(train.get(u, [])) for u in base_users], dtype=np.int64)
+    # sorted: a set of strings iterates in a per-process hash order, and the data must not change
+    degrees = np.array([len(train.get(u, [])) for u in sorted(base_users)], dtype=np.int64)
     n_items = int(max((max(v) for v in train.values() if v), default=TIKTOK_ITEMS - 1)) + 1
     n_users, n_items = degrees.size * scale, n_items * scale
     rng = np.random.default_rng(seed)
@@ -70,14 +78,37 @@ def write_scaled(data: Path, scale: int, out: Path, seed: int = 0) -> dict[str, 
     return {"n_users": n_users, "n_items": n_items, "n_train": sum(map(len, tr.values()))}
 
 
+RECALL_USERS = 2000  # active users whose approximate views are checked against the exact top-k
+
+
+def _view_recall(bench: Any, n_users: int, modality_topk: Any, topk_recall: Any) -> list[float]:
+    """Per modality: recall of the exact Eq. 8 top-k in the refreshed views, over a seeded sample
+    of active users (the exact top-k for them only: n_users x |I| work)."""
+    import torch
+
+    model, state = bench.model, bench.state
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randperm(state.active_users.numel(), generator=gen)[:n_users]
+    sample = torch.sort(state.active_users[pick]).values
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats = model.modality_features(state.item_raw, state.graph)
+    model.train(was_training)
+    exact = modality_topk(feats.users, feats.items, model.config.view_topk, sample)
+    return [topk_recall(a, e) for a, e in zip(bench.views.topk_items, exact, strict=True)]
+
+
 def measure(data: Path, config: str | None, overrides: list[str], steps: int) -> dict[str, Any]:
     """In this process: the timings and peak memory of one scale."""
     import torch
 
     from benchmarks.train_speed import Bench
+    from model.graph import modality_topk
     from training.config import load_config
     from training.data import load_dataset
-    from training.trainer import evaluate_model
+    from training.trainer import eval_user_sample, evaluate_model, view_refresh_interval
+    from training.views import topk_recall
 
     cfg = load_config(config, overrides)
     tc = cfg.train
@@ -90,11 +121,17 @@ def measure(data: Path, config: str | None, overrides: list[str], steps: int) ->
     timings = [bench.step() for _ in range(steps)]
     step_s = statistics.mean(sum(t) for t in timings)
     refresh_s = bench.refresh()
+    view_recall = None
+    if tc.view_index != "exact" and bench.views is not None:
+        view_recall = _view_recall(bench, RECALL_USERS, modality_topk, topk_recall)
+    val_users = eval_user_sample(dataset.val, tc.eval_users, tc.seed)
     t = time.perf_counter()
-    evaluate_model(bench.model, bench.state, bench.views, dataset, dataset.val, tc.eval_batch_users)
+    evaluate_model(
+        bench.model, bench.state, bench.views, dataset, dataset.val, tc.eval_batch_users, val_users
+    )
     eval_s = time.perf_counter() - t
     steps_per_epoch = math.ceil(bench.state.users.numel() / tc.batch_size)
-    refreshes = math.ceil(steps_per_epoch / tc.view_refresh_steps)
+    refreshes = math.ceil(steps_per_epoch / view_refresh_interval(tc, steps_per_epoch))
     return {
         "n_users": dataset.n_users,
         "n_items": dataset.n_items,
@@ -107,9 +144,18 @@ def measure(data: Path, config: str | None, overrides: list[str], steps: int) ->
         "refreshes_per_epoch": refreshes,
         "epoch_estimate_s": steps_per_epoch * step_s + refreshes * refresh_s,
         "eval_s": eval_s,
+        "eval_users": int(val_users.size)
+        if val_users is not None
+        else int((np.diff(dataset.val.indptr) > 0).sum()),
+        "view_index": tc.view_index,
+        "view_recall": view_recall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(),
     }
+
+
+def recall_text(recall: list[float] | None) -> str:
+    return "exact" if recall is None else " / ".join(f"{x:.3f}" for x in recall)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,15 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         f"One process per scale, {base['threads']} thread(s); epoch = steps x step + refreshes x refresh.",
         "",
         "| scale | users | items | train pairs | batch | steps/epoch | s/step | view refresh s "
-        "| epoch s (est.) | epoch / 1x | validation s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| epoch s (est.) | epoch / 1x | validation s (users) | view recall | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scale']}x | {r['n_users']} | {r['n_items']} | {r['n_train']} | {r['batch_size']} "
             f"| {r['steps_per_epoch']} | {r['step_s']:.2f} | {r['refresh_s']:.2f} "
             f"| {r['epoch_estimate_s']:.1f} | {r['epoch_estimate_s'] / base['epoch_estimate_s']:.1f} "
-            f"| {r['eval_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['eval_s']:.1f} ({r['eval_users']}) | {recall_text(r['view_recall'])} | {r['peak_rss_mb']:.0f} |"
         )
     meta = {"command": " ".join([sys.executable, "-m", "benchmarks.scale", *(argv or sys.argv[1:])])}
     emit("\n".join(lines) + "\n", {"meta": meta, "rows": rows}, args.out)

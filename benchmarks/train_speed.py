@@ -27,7 +27,15 @@ from model import MMSSL
 from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
 from training.config import load_config
 from training.data import load_dataset
-from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views, resolve_device
+from training.trainer import (
+    TrainingState,
+    adversarial_step,
+    contrastive_users,
+    model_config_for,
+    refresh_views,
+    resolve_device,
+    view_refresh_interval,
+)
 
 
 class Bench:
@@ -50,7 +58,7 @@ class Bench:
             else None
         )
         self.gen = torch.Generator(device=device).manual_seed(0)
-        self.views = refresh_views(self.model, self.state)
+        self.views = refresh_views(self.model, self.state, tc)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -76,8 +84,9 @@ class Bench:
         t2 = time.perf_counter()
         loss = bpr_loss((out.user[users] * out.item[pos]).sum(1), (out.user[users] * out.item[neg]).sum(1))
         if out.view_users and mc.use_contrastive:
+            cl_users = contrastive_users(batch_users, tc.cl_users, self.gen)
             cl = sum(
-                cross_modal_info_nce(out.user[batch_users], v[batch_users], tc.cl_temperature)
+                cross_modal_info_nce(out.user[cl_users], v[cl_users], tc.cl_temperature)
                 for v in out.view_users
             )
             loss = loss + tc.cl_weight * cl / len(out.view_users)
@@ -98,7 +107,7 @@ class Bench:
         """Seconds of one Eq. 8 view refresh (top-k over all items for every active user)."""
         self.sync()
         t = time.perf_counter()
-        self.views = refresh_views(self.model, self.state)
+        self.views = refresh_views(self.model, self.state, self.cfg.train)
         self.sync()
         return time.perf_counter() - t
 
@@ -127,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(("forward", "adversarial", "backward"))
     }
     steps_per_epoch = math.ceil(state.users.numel() / tc.batch_size)
+    refresh_every = view_refresh_interval(tc, steps_per_epoch)
     epoch_est = (
-        steps_per_epoch * sum(phases.values())
-        + math.ceil(steps_per_epoch / tc.view_refresh_steps) * refresh_s
+        steps_per_epoch * sum(phases.values()) + math.ceil(steps_per_epoch / refresh_every) * refresh_s
     )
     with profile(
         activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, value in phases.items():
         print(f"  {name:<12} {1000 * value:8.1f} ms/step")
-    print(f"  {'refresh':<12} {1000 * refresh_s:8.1f} ms every {tc.view_refresh_steps} steps")
+    print(f"  {'refresh':<12} {1000 * refresh_s:8.1f} ms every {refresh_every} steps")
     print(f"  estimated epoch (training only): {epoch_est:.1f} s")
     print(table)
     result = {

@@ -368,3 +368,50 @@ def test_tuning_split_keeps_an_imported_folders_external_ids(tmp_path):
     for name in ("item_ids.json", "user_ids.json"):
         assert json.loads((out / name).read_text()) == json.loads((src / name).read_text())
     assert sum(len(v) for v in json.loads((out / "val.json").read_text()).values()) == 1  # only user 0 has 3
+
+
+def test_scaled_data_does_not_depend_on_the_hash_seed(tiny_data, tmp_path):
+    # the base users were a set of strings, iterated in a per-process hash order: the degrees
+    # drawn, hence the whole dataset, changed from run to run
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    texts = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"h{seed}"
+        code = f"from pathlib import Path; from benchmarks.scale import write_scaled; write_scaled(Path({str(tiny_data)!r}), 2, Path({str(out)!r}))"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[1]
+        )
+        texts.append((out / "train.json").read_text())
+    assert texts[0] == texts[1]
+
+
+def test_scale_benchmark_reports_view_recall_and_the_validation_sample(tiny_data, tmp_path):
+    from benchmarks import scale
+
+    out = tmp_path / "scale.json"
+    overrides = [*FAST_OVERRIDES, "view_index=ivf", "view_ivf_probe=1000", "eval_users=30", "cl_users=16"]
+    rc = scale.main(
+        ["--data", str(tiny_data), "--scales", "1", "--steps", "1", "--out", str(out), *overrides]
+    )
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["view_index"] == "ivf" and row["eval_users"] == 30
+    assert row["view_recall"] == [1.0, 1.0]  # every cell probed: the exact top-k
+
+
+def test_view_recall_is_one_when_every_cell_is_probed(tiny_data, tmp_path):
+    from benchmarks import view_recall
+
+    out = tmp_path / "recall.json"
+    args = ["--data", str(tiny_data), "--probes", "1", "38", "--out", str(out), *FAST_OVERRIDES]
+    assert view_recall.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["lists"] == 38  # 4 sqrt(90 items)
+    one, every = result["rows"]
+    assert every["probe"] == 38 and every["recall"] == [1.0, 1.0]
+    assert all(0.0 < r <= 1.0 for r in one["recall"])

@@ -167,3 +167,33 @@ def test_batched_metrics_equal_reference_with_long_target_lists():
         ref = _reference(user_emb, item_emb, train_rows, target_rows, k)
         for name in ("recall", "precision", "ndcg"):
             assert m[f"{name}@{k}"] == pytest.approx(ref[name], rel=1e-6), (name, k)
+
+
+def test_metrics_on_a_user_subset_equal_the_reference_over_those_users_only():
+    rng = np.random.default_rng(11)
+    n_users, n_items = 31, 50
+    user_emb = torch.tensor(rng.normal(size=(n_users, 6)), dtype=torch.float32)
+    item_emb = torch.tensor(rng.normal(size=(n_items, 6)), dtype=torch.float32)
+    train_rows = [
+        set(rng.choice(n_items, rng.integers(0, 5), replace=False).tolist()) for _ in range(n_users)
+    ]
+    target_rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if i not in train_rows[u]]
+        target_rows.append(set(rng.choice(pool, rng.integers(0, 3), replace=False).tolist()))
+    chosen = np.array([25, 3, 7, 8, 14, 20, 29, 3])  # any order, a repeat, maybe users without targets
+    m = rank_metrics(
+        user_emb,
+        item_emb,
+        *_csr([list(r) for r in train_rows]),
+        *_csr([list(r) for r in target_rows]),
+        ks=(5,),
+        batch_users=3,
+        users=chosen,
+    )
+    only = [r if u in set(chosen.tolist()) else set() for u, r in enumerate(target_rows)]
+    ref = _reference(user_emb, item_emb, train_rows, only, 5)
+    for name in ("recall", "precision", "ndcg"):
+        assert m[f"{name}@5"] == pytest.approx(ref[name], rel=1e-6), name
+    assert m["n_users"] == sum(1 for r in only if r)
+    assert m["n_users"] < sum(1 for r in target_rows if r)  # the subset is a real restriction

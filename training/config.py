@@ -20,6 +20,9 @@ from model.config import MMSSLConfig
 DATA_DERIVED = ("n_users", "n_items", "modality_dims")
 
 
+VIEW_INDEXES = ("exact", "ivf")
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed, unknown or out of range."""
 
@@ -44,13 +47,30 @@ class TrainConfig:
     # users' observed items plus uniform others up to N, the same columns for real and fake rows.
     # Bounds the adversarial step's cost (D's first layer, A_hat^m blocks) as |I| grows.
     adv_item_columns: int = 0
+    # Users of the step's batch in the Eq. 11 InfoNCE: 0 = all of them (the paper); N > 0 = a
+    # uniform sample of N. Its similarity matrices are (users x users): with a batch that grows
+    # with the data this term grows with its square, and N bounds it.
+    cl_users: int = 0
     view_refresh_steps: int = 20  # rebuild the Eq. 8 top-k views every N steps
+    # N > 0: rebuild them N times per epoch instead (every ceil(steps per epoch / N) steps), a
+    # schedule that does not grow with the number of steps; 0 = every view_refresh_steps steps.
+    view_refreshes_per_epoch: int = 0
+    # How the Eq. 8 top-k items are found: "exact" scores every item for every user (|U| x |I|,
+    # the paper); "ivf" searches a FAISS inverted-file index over the items (inner product of the
+    # normalised features = cosine), probing view_ivf_probe of view_ivf_lists cells per user
+    # (0 = 4 sqrt(|I|) cells): about |U| x sqrt(|I|) work, approximate (docs/MODEL.md).
+    view_index: str = "exact"
+    view_ivf_lists: int = 0
+    view_ivf_probe: int = 16
     # Compute Eq. 2 for a step on the graph without that step's positive edges, so that the
     # modality side cannot score a training positive through its own features (see docs/MODEL.md).
     holdout_batch_edges: bool = True
     patience: int = 8  # epochs without validation Recall@20 improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     eval_batch_users: int = 2048
+    # Validation during training on a fixed seeded sample of this many users with validation
+    # items (0 = all of them): bounds its |U| x |I| ranking at scale; final evaluation uses all.
+    eval_users: int = 0
     seed: int = 2026
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
@@ -69,8 +89,19 @@ class TrainConfig:
         for name in nonneg:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if self.adv_item_columns < 0:
-            problems.append(f"adv_item_columns must be >= 0 (got {self.adv_item_columns})")
+        for name in (
+            "adv_item_columns",
+            "cl_users",
+            "view_refreshes_per_epoch",
+            "view_ivf_lists",
+            "eval_users",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.view_index not in VIEW_INDEXES:
+            problems.append(f"view_index must be one of {', '.join(VIEW_INDEXES)} (got {self.view_index!r})")
+        if self.view_ivf_probe < 1:
+            problems.append(f"view_ivf_probe must be >= 1 (got {self.view_ivf_probe})")
         if self.adv_users < 2:
             problems.append("adv_users must be >= 2 (batch normalisation in D)")
         if len(self.d_betas) != 2 or not all(0 <= b < 1 for b in self.d_betas):

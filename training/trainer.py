@@ -40,9 +40,10 @@ from model.losses import (
     gumbel_transform,
     l2_penalty,
 )
-from training.config import Config, ConfigError
+from training.config import Config, ConfigError, TrainConfig
 from training.data import Dataset
 from training.evaluate import rank_metrics
+from training.views import ivf_modality_topk
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +159,45 @@ class TrainingState:
 
 
 @torch.no_grad()
-def refresh_views(model: MMSSL, state: TrainingState) -> ModalityViews | None:
-    """Rebuild the Eq. 8 top-k views from the current (dropout-free) modality features."""
+def refresh_views(model: MMSSL, state: TrainingState, tc: TrainConfig | None = None) -> ModalityViews | None:
+    """Rebuild the Eq. 8 top-k views from the current (dropout-free) modality features.
+
+    The top-k search is ``tc.view_index``'s: exact over all items (also when ``tc`` is None), or
+    the FAISS IVF search of ``training.views``.
+    """
     if not model.modalities:
         return None
     was_training = model.training
     model.eval()
     feats = model.modality_features(state.item_raw, state.graph)
     model.train(was_training)
-    tops = modality_topk(feats.users, feats.items, model.config.view_topk, state.active_users)
+    k = model.config.view_topk
+    if tc is not None and tc.view_index == "ivf":
+        tops = ivf_modality_topk(
+            feats.users, feats.items, k, state.active_users, tc.view_ivf_lists, tc.view_ivf_probe, tc.seed
+        )
+    else:
+        tops = modality_topk(feats.users, feats.items, k, state.active_users)
     return views_from_topk(tops, state.n_items)
+
+
+def view_refresh_interval(tc: TrainConfig, steps_per_epoch: int) -> int:
+    """Steps between Eq. 8 view refreshes: ``view_refresh_steps``, or with
+    ``view_refreshes_per_epoch`` = N > 0, ceil(steps_per_epoch / N) (N refreshes an epoch at most,
+    however many steps it has)."""
+    if tc.view_refreshes_per_epoch > 0:
+        return max(1, math.ceil(steps_per_epoch / tc.view_refreshes_per_epoch))
+    return tc.view_refresh_steps
+
+
+def eval_user_sample(target: Any, n_users: int, seed: int) -> np.ndarray | None:
+    """A fixed sample of ``n_users`` users with items in ``target`` (sorted), or None for all of
+    them (``n_users`` 0 or at least their number)."""
+    with_items = np.flatnonzero(np.diff(target.indptr) > 0)
+    if n_users <= 0 or n_users >= with_items.size:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(with_items, size=n_users, replace=False))
 
 
 @torch.no_grad()
@@ -178,7 +208,9 @@ def evaluate_model(
     dataset: Dataset,
     target: Any,
     batch_users: int,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
+    """Ranking metrics on ``target``, over ``users`` only when given (see ``rank_metrics``)."""
     was_training = model.training
     model.eval()
     out = model(state.graph, state.item_raw, views)
@@ -191,6 +223,7 @@ def evaluate_model(
         target.indptr,
         target.indices,
         batch_users=batch_users,
+        users=users,
     )
 
 
@@ -322,6 +355,15 @@ def adversarial_step(
     return loss_g, float(loss_d.detach())
 
 
+def contrastive_users(batch_users: Tensor, n_users: int, generator: torch.Generator) -> Tensor:
+    """The batch users of the Eq. 11 InfoNCE: all of them (``n_users`` 0 or at least their
+    number), else a uniform sample of ``n_users`` without replacement.  (B,) -> (min(B, N),)"""
+    if n_users <= 0 or n_users >= batch_users.numel():
+        return batch_users
+    pick = torch.randperm(batch_users.numel(), generator=generator, device=batch_users.device)[:n_users]
+    return batch_users[pick]
+
+
 def sample_item_columns(
     state: TrainingState, users: Tensor, n_columns: int, generator: torch.Generator
 ) -> Tensor:
@@ -400,7 +442,12 @@ def train(
 
     n_pairs = state.users.numel()
     steps_per_epoch = max(1, math.ceil(n_pairs / tc.batch_size))
-    views = views_from_topk(resumed_views, state.n_items) if resumed_views else refresh_views(model, state)
+    if resumed_views:
+        views = views_from_topk(resumed_views, state.n_items)
+    else:
+        views = refresh_views(model, state, tc)
+    refresh_every = view_refresh_interval(tc, steps_per_epoch)
+    val_users = eval_user_sample(dataset.val, tc.eval_users, tc.seed)
     t_start = time.perf_counter()
     stopped_early = False
     epoch = start_epoch - 1
@@ -418,8 +465,8 @@ def train(
             idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
             users, positives = state.users[idx], state.items[idx]
             negatives = state.sample_negatives(users, sampler)
-            if views is not None and step % tc.view_refresh_steps == 0 and step > 0:
-                views = refresh_views(model, state)
+            if views is not None and step % refresh_every == 0 and step > 0:
+                views = refresh_views(model, state, tc)
             step += 1
 
             graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
@@ -439,8 +486,9 @@ def train(
             )
             loss_cl = torch.zeros((), device=device)
             if model_config.use_contrastive and out.view_users:
+                cl_users = contrastive_users(batch_users, tc.cl_users, sampler)
                 loss_cl = sum(
-                    cross_modal_info_nce(out.user[batch_users], view[batch_users], tc.cl_temperature)
+                    cross_modal_info_nce(out.user[cl_users], view[cl_users], tc.cl_temperature)
                     for view in out.view_users
                 ) / len(out.view_users)
             loss_l2 = l2_penalty(
@@ -465,7 +513,7 @@ def train(
         improved = False
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
             t_eval = time.perf_counter()
-            val = evaluate_model(model, state, views, dataset, dataset.val, tc.eval_batch_users)
+            val = evaluate_model(model, state, views, dataset, dataset.val, tc.eval_batch_users, val_users)
             record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             record["val"] = val
             if val[SELECT_METRIC] > best_metric:
