@@ -55,8 +55,11 @@ serve: install
 
 ## Lint, type-check and the whole test suite (what CI runs). The Redis tests use the server on
 ## 127.0.0.1:6379 (TEST_REDIS_URL), or else a private redis-server that scripts/with_redis.py starts.
+## Two pytest-xdist workers, one per core, a test file at a time (module fixtures such as the
+## topology are built once); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install lint typecheck
-	$(BIN)/python scripts/with_redis.py -- $(BIN)/python -m pytest
+	$(BIN)/python scripts/with_redis.py -- $(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 ## Mutation testing of the core modules (not in CI: tens of minutes on 2 cores; see docs/TESTING.md)
 mutation: install

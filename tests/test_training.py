@@ -228,6 +228,27 @@ def test_cli_bad_input_is_one_line_and_nonzero(args, message, tiny_data, tmp_pat
     assert not store.exists() or list_versions(store) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
+        (["--data", "{data}", "lr=-1"], "lr must be positive"),
+        (["--data", "{data}", "embed_dimm=8"], "unknown key 'embed_dimm'"),
+    ],
+)
+def test_cli_train_reports_bad_config_and_data_before_importing_torch(args, message, tiny_data, tmp_path):
+    """A mistyped command line fails in about a second, not after torch's import."""
+    args = [a.format(data=tiny_data) for a in args]
+    code = (
+        "import sys\nfrom training.cli import main\n"
+        f"rc = main(['train', *{args!r}, '--out', {str(tmp_path / 'r')!r}])\n"
+        "print(rc, 'torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.stdout.split() == ["2", "False"], (res.stdout, res.stderr)
+    assert message in res.stderr and not (tmp_path / "r").exists()
+
+
 def test_cli_bad_yaml_config_is_reported(tiny_data, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  embed_dim: [1, 2\n")

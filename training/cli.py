@@ -80,12 +80,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from training.config import load_config
     from training.data import load_dataset
-    from training.trainer import BEST, train
 
+    # config and data first: a bad input is reported before torch is imported (seconds)
     cfg = load_config(args.config, args.overrides)
     if args.device:
         cfg.train.device = args.device
     dataset = load_dataset(args.data)
+    from training.trainer import BEST, train
+
     run_dir = Path(args.out or Path("runs") / Path(args.data).resolve().name)
     log.info("data %s: %s", args.data, dataset.summary())
     log.info("run directory %s", run_dir)
