@@ -120,6 +120,10 @@ class Discriminator(nn.Module):
         weight = self._first_linear().weight
         return weight if columns is None else weight[:, columns]
 
+    def first_bias(self) -> Tensor:
+        """The first layer's bias b, (hidden,)."""
+        return self._first_linear().bias
+
     def hidden(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
         """The first Linear's output W a + b, (B, hidden): affine in the rows, so that for
         alpha*real + (1-alpha)*fake it is alpha*hidden(real) + (1-alpha)*hidden(fake)."""

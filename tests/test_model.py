@@ -372,3 +372,21 @@ def test_spmm_values_and_that_its_backward_uses_the_given_transpose():
     torch.testing.assert_close(out, a @ dense.detach())
     (out * weight).sum().backward()
     torch.testing.assert_close(dense.grad, 2 * a.T @ weight)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.6])
+def test_dense_times_weight_t_equals_the_dense_product_in_value_and_gradient(density):
+    """Mostly-zero rows (the gather over nonzeros) and dense rows (the plain product) against a
+    numpy reference rows @ W^T, and W's gradient against autograd of the dense product."""
+    from model.graph import dense_times_weight_t
+
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.rand(7, 50, generator=gen, dtype=torch.float64)
+    rows = torch.where(torch.rand(7, 50, generator=gen, dtype=torch.float64) < density, rows, 0.0)
+    rows[3] = 0.0  # a row without nonzeros
+    weight = torch.randn(6, 50, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    got = dense_times_weight_t(rows, weight)
+    np.testing.assert_allclose(got.detach().numpy(), rows.numpy() @ weight.detach().numpy().T, rtol=1e-12)
+    (grad,) = torch.autograd.grad((got * upstream).sum(), weight)
+    np.testing.assert_allclose(grad.numpy(), upstream.numpy().T @ rows.numpy(), rtol=1e-12, atol=1e-12)
