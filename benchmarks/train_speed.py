@@ -27,7 +27,14 @@ from model import MMSSL
 from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
 from training.config import load_config
 from training.data import load_dataset
-from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views, resolve_device
+from training.trainer import (
+    TrainingState,
+    adversarial_step,
+    make_optimizers,
+    model_config_for,
+    refresh_views,
+    resolve_device,
+)
 
 
 class Bench:
@@ -41,14 +48,7 @@ class Bench:
         self.state = TrainingState(dataset, self.mc, device)
         torch.manual_seed(tc.seed)
         self.model = MMSSL(self.mc).to(device).train()
-        self.opt_model = torch.optim.AdamW(
-            self.model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay
-        )
-        self.opt_d = (
-            torch.optim.Adam(self.model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
-            if self.model.discriminator
-            else None
-        )
+        self.opt_model, self.opt_d = make_optimizers(self.model, cfg, device)
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.views = refresh_views(self.model, self.state)
 

@@ -254,6 +254,28 @@ def evaluate_checkpoint(
     return {"epoch": ckpt["epoch"], **metrics}
 
 
+def make_optimizers(
+    model: MMSSL, cfg: Config, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """(opt_model, opt_discriminator): AdamW on everything but D, Adam on D (None without one).
+
+    On CPU and CUDA they run torch's fused kernels: one pass over each parameter instead of about
+    six (D's first layer alone is hidden x |I|); the same update up to float rounding.
+    """
+    tc = cfg.train
+    fused = True if device.type in ("cpu", "cuda") else None
+    opt_model = torch.optim.AdamW(
+        model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused
+    )
+    opt_discriminator = None
+    if model.discriminator is not None:
+        betas = (float(tc.d_betas[0]), float(tc.d_betas[1]))
+        opt_discriminator = torch.optim.Adam(
+            model.discriminator.parameters(), lr=tc.d_lr, betas=betas, fused=fused
+        )
+    return opt_model, opt_discriminator
+
+
 def adversarial_step(
     model: MMSSL,
     out: Any,
@@ -374,12 +396,7 @@ def train(
     state = TrainingState(dataset, model_config, device)
     model = MMSSL(model_config).to(device)
     model.set_feature_stats(state.item_raw)  # no-op unless model.feature_norm is set
-    opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    opt_discriminator = (
-        torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
-        if model.discriminator is not None
-        else None
-    )
+    opt_model, opt_discriminator = make_optimizers(model, cfg, device)
     sampler = torch.Generator(device=device).manual_seed(tc.seed)
 
     history: list[dict[str, Any]] = []
