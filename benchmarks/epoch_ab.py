@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in rest.split(",") if o]
 
 
-def run_epochs(tree: Path, args: argparse.Namespace, overrides: list[str], out: Path) -> list[float]:
+def run_epochs(
+    tree: Path, args: argparse.Namespace, overrides: list[str], out: Path
+) -> tuple[list[float], float]:
+    """(train_seconds per epoch, CPU seconds of the whole run: start-up, training, validation)."""
     python = tree / ".venv" / "bin" / "python"
     cmd = [
         str(python if python.exists() else sys.executable),
@@ -47,9 +51,12 @@ def run_epochs(tree: Path, args: argparse.Namespace, overrides: list[str], out: 
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     cmd += [f"epochs={args.epochs}", "num_threads=1", "device=cpu", *overrides]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     history = json.loads((out / "history.json").read_text())
-    return [float(h["train_seconds"]) for h in history]
+    return [float(h["train_seconds"]) for h in history], cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,19 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variant or [("full", [])]
     trees = [Path(t).resolve() for t in args.trees]
     times: dict[str, dict[str, list[float]]] = {}
+    # CPU seconds per run: on a loaded machine wall time waits for the other jobs, CPU time less so
+    cpu: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name, overrides in variants:
                 for label, tree in zip("AB", trees, strict=True):
                     run = Path(tmp) / f"{name}-{label}-{r}"
-                    times.setdefault(name, {}).setdefault(label, []).extend(
-                        run_epochs(tree, args, overrides, run)
-                    )
+                    seconds, cpu_s = run_epochs(tree, args, overrides, run)
+                    times.setdefault(name, {}).setdefault(label, []).extend(seconds)
+                    cpu.setdefault(name, {}).setdefault(label, []).append(cpu_s)
             for name, overrides in args.b_only:
                 run = Path(tmp) / f"{name}-B-{r}"
-                times.setdefault(name, {}).setdefault("B", []).extend(
-                    run_epochs(trees[1], args, overrides, run)
-                )
+                seconds, cpu_s = run_epochs(trees[1], args, overrides, run)
+                times.setdefault(name, {}).setdefault("B", []).extend(seconds)
+                cpu.setdefault(name, {}).setdefault("B", []).append(cpu_s)
     lines = [
         f"A = `{trees[0]}`, B = `{trees[1]}`; one thread; seconds per training epoch, in run order.",
         "",
@@ -95,7 +104,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {', '.join(f'{x:.1f}' for x in a) or '-'} | {', '.join(f'{x:.1f}' for x in b)} "
             f"| {ma:.1f} | {mb:.1f} | {ratio} |"
         )
-        result["variants"][name] = {"A": a, "B": b}
+        result["variants"][name] = {"A": a, "B": b, "cpu_A": cpu[name].get("A", []), "cpu_B": cpu[name]["B"]}
+    lines += [
+        "",
+        "CPU seconds of each whole run (start-up, training, validation), in run order:",
+        "",
+        "| variant | A CPU s/run | B CPU s/run | B / A (medians) |",
+        "|---|---|---|---|",
+    ]
+    for name, by in cpu.items():
+        a, b = by.get("A", []), by.get("B", [])
+        ratio = f"{statistics.median(b) / statistics.median(a):.2f}" if a and b else "-"
+        lines.append(
+            f"| {name} | {', '.join(f'{x:.1f}' for x in a) or '-'} | {', '.join(f'{x:.1f}' for x in b)} | {ratio} |"
+        )
     emit("\n".join(lines) + "\n", result, args.out)
     return 0
 

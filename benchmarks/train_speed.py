@@ -31,6 +31,7 @@ from training.trainer import (
     TrainingState,
     adversarial_step,
     contrastive_users,
+    make_optimizers,
     model_config_for,
     refresh_views,
     resolve_device,
@@ -49,14 +50,7 @@ class Bench:
         self.state = TrainingState(dataset, self.mc, device)
         torch.manual_seed(tc.seed)
         self.model = MMSSL(self.mc).to(device).train()
-        self.opt_model = torch.optim.AdamW(
-            self.model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay
-        )
-        self.opt_d = (
-            torch.optim.Adam(self.model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
-            if self.model.discriminator
-            else None
-        )
+        self.opt_model, self.opt_d = make_optimizers(self.model, cfg, device)
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.views = refresh_views(self.model, self.state, tc)
 

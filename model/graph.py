@@ -187,6 +187,25 @@ def cosine_blocks(user_feats: Tensor, item_feats: Tensor, users: Tensor) -> Tens
     return F.normalize(user_feats[users], dim=1) @ F.normalize(item_feats, dim=1).T
 
 
+def dense_times_weight_t(rows: Tensor, weight: Tensor, max_density: float = 0.125) -> Tensor:
+    """rows @ weight.T for constant rows that are mostly exact zeros: (B, C) x (H, C) -> (B, H).
+
+    The Gumbel-softmax rows of Eq. 5 at a small tau are zero in all but a few entries (exp
+    underflows), so the product is a gather of the weight's columns at the nonzeros, scaled and
+    summed per row (gradients reach ``weight`` only, through the same gather). Same value as the
+    dense product up to float rounding (the zeros contribute exact zeros). Rows with more than
+    ``max_density`` nonzeros take the dense product.
+    """
+    nonzero = rows.nonzero()
+    if nonzero.shape[0] > max_density * rows.numel():
+        return rows @ weight.T
+    row, col = nonzero.unbind(1)
+    scaled = weight.index_select(1, col).T * rows[row, col].unsqueeze(1)  # (nnz, H)
+    return torch.zeros(rows.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device).index_add(
+        0, row, scaled
+    )
+
+
 @torch.no_grad()
 def modality_topk(
     user_feats: list[Tensor], item_feats: list[Tensor], k: int, active_users: Tensor, chunk: int = 2048

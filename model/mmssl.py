@@ -65,16 +65,26 @@ class ModalityAttention(nn.Module):
         """forward(x).mean(dim=1), the mean pooling over modalities that follows Eq. 9.
 
         x: (N, M, d) -> (N, d). The mean over queries m commutes with the weighted sum, so the
-        weights are averaged first: out = sum_m' (mean_m w[m, m']) x^m'. Broadcast products over
-        (N, M, M', H) instead of N*H batched (M x M) matrix products, which cost more than their
-        arithmetic on a CPU when M is 2 or 3.
+        weights are averaged first: out = sum_m' (mean_m w[m, m']) x^m'. The softmax over m' is
+        unchanged by a shift of its logits and the key projection is linear without bias, so the
+        logits are taken relative to m' = 0: q_m . k_m' - q_m . k_0 = q_m . key(x^m' - x^0), with
+        M - 1 key projections and M (M - 1) dot products instead of M and M^2. For M = 2 the
+        softmax over (0, l) is (1 - sigmoid(l), sigmoid(l)). Broadcast products, not N*H batched
+        (M x M) matrix products, which cost more than their arithmetic on a CPU when M is 2 or 3.
         """
         n, m, d = x.shape
-        q = self.query(x).view(n, m, 1, self.n_heads, self.head_dim)
-        k = self.key(x).view(n, 1, m, self.n_heads, self.head_dim)
-        logits = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (N, M, M', H)
-        weights = torch.softmax(logits, dim=2).mean(dim=1)  # (N, M', H), averaged over queries m
+        scale = math.sqrt(self.head_dim)
         v = x.view(n, m, self.n_heads, self.head_dim)
+        if m == 2:
+            q = self.query(x).view(n, 2, self.n_heads, self.head_dim)
+            k = self.key(x[:, 1] - x[:, 0]).view(n, 1, self.n_heads, self.head_dim)
+            weight_1 = torch.sigmoid((q * k).sum(-1) / scale).mean(dim=1)  # (N, H): mean_m w[m, 1]
+            return (v[:, 0] + weight_1.unsqueeze(-1) * (v[:, 1] - v[:, 0])).reshape(n, d)
+        q = self.query(x).view(n, m, 1, self.n_heads, self.head_dim)
+        k = self.key(x[:, 1:] - x[:, :1]).view(n, 1, m - 1, self.n_heads, self.head_dim)
+        relative = (q * k).sum(-1) / scale  # (N, M, M' - 1, H): logits minus those of m' = 0
+        logits = torch.cat([relative.new_zeros(n, m, 1, self.n_heads), relative], dim=2)
+        weights = torch.softmax(logits, dim=2).mean(dim=1)  # (N, M', H), averaged over queries m
         return (weights.unsqueeze(-1) * v).sum(dim=1).reshape(n, d)
 
 
@@ -119,6 +129,10 @@ class Discriminator(nn.Module):
         """The first layer's weight, (hidden, n_items), or only its ``columns``: (hidden, C)."""
         weight = self._first_linear().weight
         return weight if columns is None else weight[:, columns]
+
+    def first_bias(self) -> Tensor:
+        """The first layer's bias b, (hidden,)."""
+        return self._first_linear().bias
 
     def hidden(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
         """The first Linear's output W a + b, (B, hidden): affine in the rows, so that for

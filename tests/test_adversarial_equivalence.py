@@ -19,7 +19,13 @@ from model.mmssl import MMSSL
 from tests.conftest import FAST_OVERRIDES
 from training.config import load_config
 from training.data import load_dataset
-from training.trainer import TrainingState, adversarial_step, model_config_for, refresh_views
+from training.trainer import (
+    TrainingState,
+    adversarial_step,
+    model_config_for,
+    refresh_views,
+    sample_item_columns,
+)
 
 
 def _reference_step(
@@ -29,35 +35,59 @@ def _reference_step(
     disc = model.discriminator
     assert disc is not None
     users = batch_users[torch.randperm(batch_users.numel(), generator=gen)][: tc.adv_users]
+    columns = None
+    if 0 < tc.adv_item_columns < state.n_items:
+        columns = sample_item_columns(state, users, tc.adv_item_columns, gen)
+    # dense [users x items] rows of A_hat^m, A_tilde, every critic call on them
     fake = [
         cosine_blocks(f_u, f_i, users)
         for f_u, f_i in zip(out.features.users, out.features.items, strict=True)
     ]
     with torch.no_grad():
         observed = observed_rows(state.graph, users, state.n_items)
-        real = gumbel_transform(observed, mc.gumbel_tau, gen) + mc.zeta * cosine_blocks(
-            out.user, out.item, users
-        )
+        transformed = gumbel_transform(observed, mc.gumbel_tau, gen) if mc.use_gumbel else observed
+        real = transformed + mc.zeta * cosine_blocks(out.user, out.item, users)
+    if columns is not None:
+        real, fake = real[:, columns], [f[:, columns] for f in fake]
+
+    def critic(rows: torch.Tensor) -> torch.Tensor:
+        return disc(rows, columns)
+
     opt.zero_grad(set_to_none=True)
     loss_d = torch.zeros(())
-    real_scores = disc(real)
+    real_scores = critic(real)
     for f in fake:
-        loss_d = loss_d + discriminator_loss(real_scores, disc(f.detach()))
-        loss_d = loss_d + tc.gp_weight * gradient_penalty(disc, real, f.detach())
+        loss_d = loss_d + discriminator_loss(real_scores, critic(f.detach()))
+        loss_d = loss_d + tc.gp_weight * gradient_penalty(critic, real, f.detach())
     loss_d = loss_d / len(fake)
     loss_d.backward()
     opt.step()
-    loss_g = torch.stack([generator_loss(disc(f)) for f in fake]).mean()
+    loss_g = torch.stack([generator_loss(critic(f)) for f in fake]).mean()
     return loss_g, float(loss_d.detach())
 
 
+# The trainer's paths: the default (Gumbel rows at tau = 0.002, mostly exact zeros: the sparse
+# product), dense Gumbel rows (a large tau), no cosine term (zeta = 0), w/o-GT (binary observed
+# rows), and sampled item columns (the weight's column slice is re-read after D's step).
+VARIANTS = {
+    "default": [],
+    "dense_gumbel": ["gumbel_tau=1.0"],
+    "zeta0": ["zeta=0.0"],
+    "no_gumbel": ["use_gumbel=false"],
+    "columns": ["adv_item_columns=30"],
+}
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
+def dataset(tmp_path_factory: pytest.TempPathFactory):
     from training.synthetic import write_synthetic
 
-    root = write_synthetic(tmp_path_factory.mktemp("adv") / "d", n_users=70, n_items=45, seed=5)
-    dataset = load_dataset(root)
-    cfg = load_config(None, [*FAST_OVERRIDES, "adv_users=32"])
+    return load_dataset(write_synthetic(tmp_path_factory.mktemp("adv") / "d", n_users=70, n_items=45, seed=5))
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def setup(request: pytest.FixtureRequest, dataset: Any):
+    cfg = load_config(None, [*FAST_OVERRIDES, "adv_users=32", *VARIANTS[request.param]])
     mc = model_config_for(dataset, cfg.model)
     state = TrainingState(dataset, mc, torch.device("cpu"))
     torch.manual_seed(3)

@@ -14,6 +14,8 @@ from model.losses import (
     generator_loss,
     gradient_penalty,
     gradient_penalty_affine,
+    gradient_penalty_gram,
+    gram_matrix,
     gumbel_transform,
     l2_penalty,
 )
@@ -256,8 +258,22 @@ def _d_loss_new(disc, real, fakes, columns):
     return loss / len(fakes)
 
 
+def _d_loss_gram(disc, real, fakes, columns):
+    """The penalty through one Gram matrix W W^T (training.trainer.adversarial_step since issue 12)."""
+    gram = gram_matrix(disc.first_weight(columns))
+    hidden_real = disc.hidden(real, columns)
+    real_scores = disc.from_hidden(hidden_real)
+    loss = torch.zeros(())
+    for f in fakes:
+        hidden_fake = disc.hidden(f, columns)
+        loss = loss + discriminator_loss(real_scores, disc.from_hidden(hidden_fake))
+        loss = loss + 0.7 * gradient_penalty_gram(disc.from_hidden, gram, hidden_real, hidden_fake)
+    return loss / len(fakes)
+
+
+@pytest.mark.parametrize("new_loss", [_d_loss_new, _d_loss_gram])
 @pytest.mark.parametrize("with_columns", [False, True])
-def test_affine_gradient_penalty_step_equals_the_row_wise_one(with_columns):
+def test_affine_gradient_penalty_step_equals_the_row_wise_one(with_columns, new_loss):
     """Same loss and same discriminator gradients on a fixed seed, BatchNorm and dropout included
     (the global RNG is consumed in the same order: dropout masks, alpha, dropout masks)."""
     n_items, batch = 40, 6
@@ -268,7 +284,7 @@ def test_affine_gradient_penalty_step_equals_the_row_wise_one(with_columns):
     real = torch.rand(batch, width)
     fakes = [torch.randn(batch, width), torch.randn(batch, width)]
     grads, losses = [], []
-    for fn in (_d_loss_old, _d_loss_new):
+    for fn in (_d_loss_old, new_loss):
         torch.manual_seed(11)
         disc.zero_grad(set_to_none=True)
         loss = fn(disc, real, fakes, columns)
@@ -281,5 +297,22 @@ def test_affine_gradient_penalty_step_equals_the_row_wise_one(with_columns):
         torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-6)
     # a different alpha draw changes the penalty: the test can tell the two draws apart
     torch.manual_seed(12)
-    other = _d_loss_new(disc, real, fakes, columns)
+    other = new_loss(disc, real, fakes, columns)
     assert abs(other.item() - losses[0].item()) > 1e-6
+
+
+def test_gram_matrix_value_and_gradient_equal_the_plain_product():
+    """W W^T and its one-product backward (G + G^T) W against autograd of the plain product, with
+    an upstream gradient that is not symmetric."""
+    torch.manual_seed(0)
+    weight = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 5, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(((weight @ weight.T) * upstream).sum(), weight)
+    gram = gram_matrix(weight)
+    (got,) = torch.autograd.grad((gram * upstream).sum(), weight)
+    torch.testing.assert_close(gram, weight.detach() @ weight.detach().T)
+    torch.testing.assert_close(got, expected)
+    # hand example: W = [[1, 2]] -> W W^T = [[5]], d/dW of 3 * 5 = 3 * 2 W = [[6, 12]]
+    w = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    (g,) = torch.autograd.grad(3 * gram_matrix(w).sum(), w)
+    assert gram_matrix(w).item() == 5.0 and g.tolist() == [[6.0, 12.0]]

@@ -205,17 +205,26 @@ def test_config_validation_names_the_problem():
         MMSSLConfig(n_users=2, n_items=2, view_topk=1).validate()
 
 
-def test_pooled_attention_equals_attention_then_mean_over_modalities():
+@pytest.mark.parametrize("n_modalities", [1, 2, 3])
+def test_pooled_attention_equals_attention_then_mean_over_modalities(n_modalities):
+    """pooled (relative logits; the sigmoid form for two modalities) against the plain Eq. 9
+    (forward: every q_m . k_m', softmax, weighted sum) then the mean, in value and in the gradients
+    into x and into both projections."""
     torch.manual_seed(1)
-    att = ModalityAttention(dim=8, n_heads=2)
-    x = torch.randn(6, 3, 8, requires_grad=True)
+    att = ModalityAttention(dim=8, n_heads=2).double()
+    x = torch.randn(6, n_modalities, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, 8, dtype=torch.float64)
     pooled = att.pooled(x)
     assert pooled.shape == (6, 8)
-    assert torch.allclose(pooled, att(x).mean(dim=1), atol=1e-6)
+    torch.testing.assert_close(pooled, att(x).mean(dim=1))
     # the gradients agree too (the trainer differentiates through pooled)
-    (g_pooled,) = torch.autograd.grad(pooled.square().sum(), x)
-    (g_ref,) = torch.autograd.grad(att(x).mean(dim=1).square().sum(), x)
-    assert torch.allclose(g_pooled, g_ref, atol=1e-5)
+    inputs = [x, att.query.weight, att.key.weight]
+    got = torch.autograd.grad((pooled * upstream).sum(), inputs, allow_unused=True)
+    ref = torch.autograd.grad((att(x).mean(dim=1) * upstream).sum(), inputs)
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(torch.zeros_like(r) if g is None else g, r)
+    if n_modalities > 1:
+        assert float(ref[1].abs().sum()) > 0  # the projections do receive a gradient
 
 
 @pytest.mark.parametrize("graph_norm", ["symmetric", "paper"])
@@ -372,3 +381,21 @@ def test_spmm_values_and_that_its_backward_uses_the_given_transpose():
     torch.testing.assert_close(out, a @ dense.detach())
     (out * weight).sum().backward()
     torch.testing.assert_close(dense.grad, 2 * a.T @ weight)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.6])
+def test_dense_times_weight_t_equals_the_dense_product_in_value_and_gradient(density):
+    """Mostly-zero rows (the gather over nonzeros) and dense rows (the plain product) against a
+    numpy reference rows @ W^T, and W's gradient against autograd of the dense product."""
+    from model.graph import dense_times_weight_t
+
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.rand(7, 50, generator=gen, dtype=torch.float64)
+    rows = torch.where(torch.rand(7, 50, generator=gen, dtype=torch.float64) < density, rows, 0.0)
+    rows[3] = 0.0  # a row without nonzeros
+    weight = torch.randn(6, 50, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    got = dense_times_weight_t(rows, weight)
+    np.testing.assert_allclose(got.detach().numpy(), rows.numpy() @ weight.detach().numpy().T, rtol=1e-12)
+    (grad,) = torch.autograd.grad((got * upstream).sum(), weight)
+    np.testing.assert_allclose(grad.numpy(), upstream.numpy().T @ rows.numpy(), rtol=1e-12, atol=1e-12)

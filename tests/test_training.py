@@ -431,3 +431,40 @@ def test_sampled_item_columns_hold_the_users_items_and_bound_the_discriminator_r
     assert 30 <= int(changed.sum()) < dataset.n_items  # only sampled columns moved (full rows move all)
     loss_g.backward()
     assert all(p.grad is not None for p in model.projections.parameters())
+
+
+def test_the_trainers_fused_optimisers_take_the_plain_adam_steps(tiny_data):
+    """make_optimizers (fused kernels) against torch's single-tensor AdamW/Adam with the config's
+    settings: the same parameters after a few steps on the same gradients."""
+    import copy
+
+    import torch
+
+    from model import MMSSL
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import make_optimizers, model_config_for
+
+    dataset = load_dataset(tiny_data)
+    cfg = load_config(None, [*FAST_OVERRIDES, "weight_decay=0.01", "d_lr=0.01"])  # d_betas (0.5, 0.9)
+    tc = cfg.train
+    torch.manual_seed(0)
+    model = MMSSL(model_config_for(dataset, cfg.model))
+    plain = copy.deepcopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt_model, opt_d = make_optimizers(model, cfg, torch.device("cpu"))
+    assert opt_d is not None and plain.discriminator is not None
+    ref_model = torch.optim.AdamW(
+        plain.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay, foreach=False, fused=False
+    )
+    ref_d = torch.optim.Adam(plain.discriminator.parameters(), lr=0.01, betas=(0.5, 0.9), foreach=False)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        for opt in (opt_model, opt_d, ref_model, ref_d):
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
 from model.graph import (
     InteractionGraph,
-    cosine_blocks,
+    dense_times_weight_t,
     mean_operators_with_transposes,
     modality_topk,
     observed_rows,
@@ -36,7 +37,8 @@ from model.losses import (
     cross_modal_info_nce,
     discriminator_loss,
     generator_loss,
-    gradient_penalty_affine,
+    gradient_penalty_gram,
+    gram_matrix,
     gumbel_transform,
     l2_penalty,
 )
@@ -285,6 +287,28 @@ def evaluate_checkpoint(
     return {"epoch": ckpt["epoch"], **metrics}
 
 
+def make_optimizers(
+    model: MMSSL, cfg: Config, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """(opt_model, opt_discriminator): AdamW on everything but D, Adam on D (None without one).
+
+    On CPU and CUDA they run torch's fused kernels: one pass over each parameter instead of about
+    six (D's first layer alone is hidden x |I|); the same update up to float rounding.
+    """
+    tc = cfg.train
+    fused = True if device.type in ("cpu", "cuda") else None
+    opt_model = torch.optim.AdamW(
+        model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused
+    )
+    opt_discriminator = None
+    if model.discriminator is not None:
+        betas = (float(tc.d_betas[0]), float(tc.d_betas[1]))
+        opt_discriminator = torch.optim.Adam(
+            model.discriminator.parameters(), lr=tc.d_lr, betas=betas, fused=fused
+        )
+    return opt_model, opt_discriminator
+
+
 def adversarial_step(
     model: MMSSL,
     out: Any,
@@ -306,50 +330,62 @@ def adversarial_step(
     columns = None
     if 0 < tc.adv_item_columns < state.n_items:
         columns = sample_item_columns(state, users, tc.adv_item_columns, generator)
-    # Generated relations A_hat^m (Eq. 3), [adv users x items] blocks with gradient: all items, or
-    # the sampled columns.
-    fake = [
-        cosine_blocks(f_u, f_i if columns is None else f_i[columns], users)
-        for f_u, f_i in zip(out.features.users, out.features.items, strict=True)
-    ]
-    # Real rows A_tilde (Eq. 5): Gumbel-softmax of the observed rows plus zeta * cos(h_u, h_i). The
-    # softmax normalises over all items, then the sampled columns are taken.
+    # Generated relations A_hat^m = cos(f_u^m, f_i^m) (Eq. 3) over all items or the sampled
+    # columns, kept as factors U V^T (unit rows, (B, d) and (C, d)): D's first layer is affine,
+    # W (U V^T)^T = U (W V)^T, so W V, one (hidden x d) product per modality, replaces the
+    # [B x C] rows and their [B x C] x [C x hidden] products (d = 64 << B = 128).
+    fake_left = [F.normalize(f_u[users], dim=1) for f_u in out.features.users]
+    fake_right = [F.normalize(f_i if columns is None else f_i[columns], dim=1) for f_i in out.features.items]
+    # Real rows A_tilde (Eq. 5): Gumbel-softmax of the observed rows (normalised over all items,
+    # then the sampled columns are taken) plus zeta * cos(h_u, h_i), the latter as factors too.
     with torch.no_grad():
         observed = observed_rows(state.graph, users, state.n_items)
         transformed = gumbel_transform(observed, mc.gumbel_tau, generator) if mc.use_gumbel else observed
-        if columns is None:
-            real = transformed + mc.zeta * cosine_blocks(out.user, out.item, users)
-        else:
-            real = transformed[:, columns] + mc.zeta * cosine_blocks(out.user, out.item[columns], users)
-
-    def critic(rows: Tensor) -> Tensor:
-        return disc(rows, columns)
+        if columns is not None:
+            transformed = transformed[:, columns]
+        real_left = F.normalize(out.user[users], dim=1)
+        real_right = F.normalize(out.item if columns is None else out.item[columns], dim=1)
+    use_zeta = mc.zeta != 0.0
+    dim = real_right.shape[1]
 
     opt_discriminator.zero_grad(set_to_none=True)
     loss_d = torch.zeros((), device=users.device)
-    # D's first layer is affine: the gradient penalty's interpolated rows reuse the real and fake
-    # rows' first-layer outputs (gradient_penalty_affine) instead of another |I|-wide product.
-    weight = disc.first_weight(columns)
-    hidden_real = disc.hidden(real, columns)
+    weight, bias = disc.first_weight(columns), disc.first_bias()  # (hidden, C), (hidden,)
+    # W V for the real rows' cosine part and every modality in one product: (hidden, (1 + M) d)
+    rights = ([real_right] if use_zeta else []) + [r.detach() for r in fake_right]
+    projected = list((weight @ torch.cat(rights, dim=1)).split(dim, dim=1))
+    # The Gumbel-softmax rows at a small tau are exact zeros but for a few entries per row.
+    hidden_real = dense_times_weight_t(transformed, weight) + bias
+    if use_zeta:
+        hidden_real = hidden_real + mc.zeta * (real_left @ projected.pop(0).T)
     real_scores = disc.from_hidden(hidden_real)
-    for f in fake:
-        hidden_fake = disc.hidden(f.detach(), columns)
+    # The gradient penalty's interpolated rows reuse the real and fake rows' first-layer outputs,
+    # and its norms ||g W|| come from one Gram matrix W W^T shared by the modalities
+    # (gradient_penalty_gram): no [B x C] product is left in the D update.
+    gram = gram_matrix(weight)  # (hidden, hidden)
+    for left, proj in zip(fake_left, projected, strict=True):
+        hidden_fake = left.detach() @ proj.T + bias
         loss_d = loss_d + discriminator_loss(real_scores, disc.from_hidden(hidden_fake))
-        loss_d = loss_d + tc.gp_weight * gradient_penalty_affine(
-            disc.from_hidden, weight, hidden_real, hidden_fake
+        loss_d = loss_d + tc.gp_weight * gradient_penalty_gram(
+            disc.from_hidden, gram, hidden_real, hidden_fake
         )
-    loss_d = loss_d / len(fake)
-    # Only D's parameters. With the row-wise penalty its interpolated |I|-wide rows were leaves
-    # that require grad, and a plain backward also computed their discarded gradient (one more
-    # [users x items] x D-width product per modality); the affine penalty interpolates in D's
-    # hidden space instead, and ``inputs`` keeps any such leaf out of this backward.
+    loss_d = loss_d / len(fake_left)
+    # Only D's parameters: ``inputs`` keeps any leaf that requires grad out of this backward.
     loss_d.backward(inputs=list(disc.parameters()))
     opt_discriminator.step()
     # L_G trains the generator only: with D's parameters frozen while its graph is recorded, the
     # model's backward skips D's weight gradients (they would be discarded by the next D step).
+    # The weight is read again: the step changed it (and a column slice is a copy).
     disc.requires_grad_(False)
     try:
-        loss_g = torch.stack([generator_loss(critic(f)) for f in fake]).mean()
+        weight, bias = disc.first_weight(columns), disc.first_bias()
+        projected = list((weight @ torch.cat(fake_right, dim=1)).split(dim, dim=1))
+        loss_g = torch.stack(
+            [
+                generator_loss(disc.from_hidden(left @ proj.T + bias))
+                for left, proj in zip(fake_left, projected, strict=True)
+            ]
+        ).mean()
     finally:
         disc.requires_grad_(True)
     return loss_g, float(loss_d.detach())
@@ -402,12 +438,7 @@ def train(
     state = TrainingState(dataset, model_config, device)
     model = MMSSL(model_config).to(device)
     model.set_feature_stats(state.item_raw)  # no-op unless model.feature_norm is set
-    opt_model = torch.optim.AdamW(model.model_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    opt_discriminator = (
-        torch.optim.Adam(model.discriminator.parameters(), lr=tc.d_lr, betas=tuple(tc.d_betas))  # type: ignore[arg-type]
-        if model.discriminator is not None
-        else None
-    )
+    opt_model, opt_discriminator = make_optimizers(model, cfg, device)
     sampler = torch.Generator(device=device).manual_seed(tc.seed)
 
     history: list[dict[str, Any]] = []
