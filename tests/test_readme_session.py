@@ -44,10 +44,18 @@ pytestmark = [
 
 
 def readme_session_block() -> str:
+    return _bash_block_after("## A session against `make demo`")
+
+
+def readme_items_block() -> str:
+    return _bash_block_after("Adding an item between retrains")
+
+
+def _bash_block_after(marker: str) -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## A session against `make demo`") :]
+    section = readme[readme.index(marker) :]
     match = re.search(r"```bash\n(.*?)```", section, flags=re.S)
-    assert match, "no ```bash block in the README's session section"
+    assert match, f"no ```bash block after {marker!r} in the README"
     return match.group(1)
 
 
@@ -189,6 +197,57 @@ def check_session(outputs: list[dict[str, Any]], serving: str, demo: Demo) -> st
     return retrained
 
 
+def items_block_for(demo: Demo, session_block: str, item: int) -> str:
+    """The README's items block as pasted after the session (whose first line sets $H and $T), with
+    only the paths and the source item changed for this test's smaller demo (the README's item 134
+    does not exist in a 60-item catalogue)."""
+    block = readme_items_block()
+    for old, new in (
+        (".venv/bin/python", sys.executable),
+        ("data/demo/", f"{demo.tmp / 'data'}/"),
+        ("[134]", f"[{item}]"),
+    ):
+        assert old in block, old
+        block = block.replace(old, new)
+    return session_block.splitlines()[0] + "\n" + block
+
+
+def check_items(outputs: list[dict[str, Any]], demo: Demo, serving: str) -> None:
+    """Every claim of the README's items block: the item is added, described, recommended to user 3
+    (a reserved slot, NEW_ITEMS_SLOTS=1), has similar items, feeds a user's Eq. 2, and once made
+    unavailable is never returned; a bad batch is one 422 naming the item and the field."""
+    names = ["put", "get", "recommend", "similar", "interactions", "fold_in", "unavailable", "bad"]
+    assert len(outputs) == len(names), outputs
+    put, got, rec, similar, inter, fold_in, gone, bad = outputs
+    assert put["applied"] == 1 and put["items_added_total"] == 1 and put["added_or_refeatured"] == 1
+    assert put["model_version"] == serving and isinstance(put["position"], str)
+    assert got["item_id"] == "new-1" and got["source"] == "added" and got["available"] is True
+    assert got["training_interactions"] == 0 and got["last_change"] == put["position"]
+    assert got["features"] == {"image": 32, "audio": 16}
+    ids = [it["item_id"] for it in rec["items"]]
+    assert rec["user_id"] == "3" and len(ids) == 5 and "new-1" in ids, rec
+    scores = [it["score"] for it in rec["items"]]
+    assert scores == sorted(scores, reverse=True)
+    neighbours = [it["item_id"] for it in similar["items"]]
+    assert len(neighbours) == 3 and "new-1" not in neighbours, similar
+    assert inter["user_id"] == "alice" and inter["recorded"] == 1
+    assert fold_in["user_id"] == "alice" and fold_in["path"] == "fold_in" and len(fold_in["items"]) == 3
+    assert gone["applied"] == 1
+    status, described = get_json(demo.port, "/items/new-1")
+    assert status == 200 and described["available"] is False
+    for user in ("3", "alice", "nobody-i11"):
+        listed = get_json(demo.port, "/recommend", {"user_id": user, "k": 60})[1]["items"]
+        assert "new-1" not in {it["item_id"] for it in listed}, user
+    status, near = get_json(demo.port, f"/items/{neighbours[0]}/similar", {"k": 60})
+    assert status == 200 and near["items"] and "new-1" not in {it["item_id"] for it in near["items"]}
+    problems = bad["detail"]
+    assert problems[0]["type"] == "wrong_dimension", bad
+    assert problems[0]["loc"] == ["body", "items", 0, "features", "image"]
+    assert problems[0]["msg"] == "item 'x': modality 'image' has 1 values, expected 32"
+    assert problems[1]["type"] == "missing", bad
+    assert get_json(demo.port, "/items/x")[0] == 404  # nothing of the bad batch applied
+
+
 def training_items(demo: Demo, version: str, user_id: str) -> set[str]:
     artifact = load_artifact(demo.artifacts / version)
     user = artifact.arrays.user_ids.index(user_id)
@@ -222,6 +281,7 @@ def test_readme_session_twice_around_a_second_make_demo(tmp_path: Path) -> None:
         first = read_current(demo.artifacts)
         assert first is not None and "epoch 2 |" in demo.log()  # trained, exported and promoted
         retrained = check_session(run_block(block, tmp_path, env), first, demo)
+        check_items(run_block(items_block_for(demo, block, 13), tmp_path, env), demo, retrained)
 
         stopped = demo.ctrl_c()
         assert "Application shutdown complete." in stopped
