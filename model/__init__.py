@@ -3,8 +3,10 @@
 from model.config import MMSSLConfig
 from model.graph import (
     InteractionGraph,
+    ItemGraph,
     ModalityViews,
     build_interaction_graph,
+    build_item_graph,
     build_modality_views,
     views_from_topk,
 )
@@ -13,10 +15,12 @@ from model.mmssl import MMSSL, MMSSLOutput
 __all__ = [
     "MMSSL",
     "InteractionGraph",
+    "ItemGraph",
     "MMSSLConfig",
     "MMSSLOutput",
     "ModalityViews",
     "build_interaction_graph",
+    "build_item_graph",
     "build_modality_views",
     "views_from_topk",
 ]

@@ -16,12 +16,18 @@ import torch
 
 from artifact.content import (
     CONTENT_FILLED,
+    CONTENT_KNN_SOURCES,
+    CONTENT_KNN_VECTORS,
+    CONTENT_KNN_WEIGHTS,
     CONTENT_MAPPER,
     content_input_file,
+    content_knn_features_file,
+    content_knn_input_file,
     content_mapper_input_file,
     content_projection_file,
 )
 from model.content import ContentMapper, ridge_solution
+from model.graph import ItemGraph, item_graph_inputs, spmm
 from model.mmssl import MMSSL
 
 log = logging.getLogger(__name__)
@@ -306,8 +312,37 @@ def mapper_vectors(
 
 
 @torch.no_grad()
-def content_arrays(model: MMSSL, mapper: ContentMapper, filled: np.ndarray) -> dict[str, np.ndarray]:
-    """The content path's artifact files (``artifact.content``) for ``model`` and ``mapper``."""
+def knn_arrays(
+    model: MMSSL, item_graph: ItemGraph, features: Mapping[str, np.ndarray], sources: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """The kind-``knn`` files (``artifact.content``): what a new item's row of S^L E needs.
+
+    ``features``: raw (n_items, D_m) per modality in ``model.config.modality_dims`` order, the ones
+    the graph was built from; ``sources``: the graph's source items (``item_graph_sources``).
+    """
+    cfg = model.config
+    out: dict[str, np.ndarray] = {}
+    for name in cfg.modality_dims:
+        raw = torch.as_tensor(np.asarray(features[name], dtype=np.float32))
+        mean, scale = item_graph_inputs(raw, cfg.item_graph_features == "standardize")
+        unit = torch.nn.functional.normalize((raw - mean) / scale, dim=1)
+        out[content_knn_input_file(name)] = torch.stack([mean, scale]).numpy()
+        out[content_knn_features_file(name)] = unit[sources].numpy()
+    vectors = model.item_embedding.weight
+    for _ in range(cfg.item_graph_layers - 1):  # V = S^{L-1} E: a new item adds the last step
+        vectors = spmm(item_graph.matrix, vectors)
+    out[CONTENT_KNN_SOURCES] = sources.numpy().astype(np.int64)
+    out[CONTENT_KNN_WEIGHTS] = item_graph.column_weights[:, sources].float().numpy()
+    out[CONTENT_KNN_VECTORS] = vectors[sources].float().numpy()
+    return out
+
+
+@torch.no_grad()
+def content_arrays(
+    model: MMSSL, mapper: ContentMapper | None, filled: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The content path's artifact files (``artifact.content``) for ``model`` and ``mapper``
+    (None for kind knn: projections and filled items only, ``knn_arrays`` adds the rest)."""
     out: dict[str, np.ndarray] = {}
     for name in model.modalities:
         mean, scale = model.feature_stats(name)
@@ -315,10 +350,12 @@ def content_arrays(model: MMSSL, mapper: ContentMapper, filled: np.ndarray) -> d
         assert isinstance(layer, torch.nn.Linear)
         out[content_input_file(name)] = torch.stack([mean, scale]).float().numpy()
         out[content_projection_file(name)] = torch.cat([layer.weight.T, layer.bias[None]]).float().numpy()
+    out[CONTENT_FILLED] = np.asarray(filled, dtype=np.int64)
+    if mapper is None:
+        return out
     for name in mapper.modality_dims:
         mean, scale = mapper.stats(name)
         out[content_mapper_input_file(name)] = torch.stack([mean, scale]).float().numpy()
     linear = mapper.linear
     out[CONTENT_MAPPER] = torch.cat([linear.weight.T, linear.bias[None]]).float().numpy()
-    out[CONTENT_FILLED] = np.asarray(filled, dtype=np.int64)
     return out
