@@ -34,13 +34,18 @@ from its k most similar source items (those with training interactions) per moda
     h   = sum_m sum_{j in top-k_j (u^m . U^m_j)} w^m_j V_j
 
 with U^m the sources' unit features, w^m_j the value S gives an edge into source j in modality m
-(1/(M sqrt(k indeg^m_j)) or 1/(M k)) and V = (S^{L-1} E)[sources]. Files (float32 unless said):
+(1/(M sqrt(k indeg^m_j)) or 1/(M k)) and V = (S^{L-1} E)[sources]. Kind ``knn-calibrated`` maps
+that row onto the line s h + c (s > 0, c (d,)) that the warm items' trained h_i have on their own
+rows of S^L E (least squares): a new item has no ID side, the line stands in for it; a positive
+s and a shared c keep every user's order of new items (``knn``: s = 1, c = 0).
+Files (float32 unless said):
 
 * ``content_knn_input_<m>.npy``    (2, D_m): mean^m, scale^m
 * ``content_knn_features_<m>.npy`` (n_src, D_m): U^m
 * ``content_knn_sources.npy``      (n_src,) int64: the source items' indices
 * ``content_knn_weights.npy``      (M, n_src): w^m_j, modalities in ``modalities`` order
 * ``content_knn_vectors.npy``      (n_src, d): V
+* ``content_knn_line.npy``         (d + 1,): s, then c
 and the entry's ``"knn": {"k", "layers", "features", "norm"}``.
 """
 
@@ -56,13 +61,14 @@ from artifact.contract import Artifact, ArtifactError
 
 # How the linear mapper was fitted (the maths is the same); the export's --content-path choices are
 # these and "none" (bpr first: the default).
-CONTENT_KINDS = ("bpr", "bpr-calibrated", "profile", "ridge", "knn")
+CONTENT_KINDS = ("bpr", "bpr-calibrated", "profile", "ridge", "knn", "knn-calibrated")
 CONTENT_MAPPER = "content_mapper.npy"
 CONTENT_FILLED = "content_filled_items.npy"
-KNN_KIND = "knn"
+KNN_KINDS = ("knn", "knn-calibrated")
 CONTENT_KNN_SOURCES = "content_knn_sources.npy"
 CONTENT_KNN_WEIGHTS = "content_knn_weights.npy"
 CONTENT_KNN_VECTORS = "content_knn_vectors.npy"
+CONTENT_KNN_LINE = "content_knn_line.npy"
 
 
 def content_input_file(name: str) -> str:
@@ -87,8 +93,9 @@ def content_knn_features_file(name: str) -> str:
 
 def content_files(modalities: Mapping[str, int], projected: list[str], kind: str = "ridge") -> list[str]:
     """Every file name a content path of ``kind`` with these input modalities and projections writes."""
-    if kind == KNN_KIND:
+    if kind in KNN_KINDS:
         names = [CONTENT_FILLED, CONTENT_KNN_SOURCES, CONTENT_KNN_WEIGHTS, CONTENT_KNN_VECTORS]
+        names.append(CONTENT_KNN_LINE)
         names += [content_knn_input_file(m) for m in modalities]
         names += [content_knn_features_file(m) for m in modalities]
     else:
@@ -108,6 +115,8 @@ class KnnContent:
     sources: np.ndarray = field(repr=False)  # (n_src,) int64
     weights: np.ndarray = field(repr=False)  # (M, n_src)
     vectors: np.ndarray = field(repr=False)  # (n_src, d)
+    scale: float = 1.0  # s of the calibration line (kind knn-calibrated)
+    bias: np.ndarray | None = field(default=None, repr=False)  # c (d,); None = 0
 
     def neighbours(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """name -> (n, k) positions (into ``sources``) of each item's k most similar sources."""
@@ -126,6 +135,9 @@ class KnnContent:
         for m, positions in enumerate(self.neighbours(raw).values()):
             w = self.weights[m][positions]  # (n, k)
             out += np.einsum("nk,nkd->nd", w, self.vectors[positions])
+        out *= self.scale
+        if self.bias is not None:
+            out += self.bias
         return out.astype(np.float32)
 
 
@@ -207,8 +219,8 @@ def content_manifest_entry(
 ) -> dict[str, Any]:
     if kind not in CONTENT_KINDS:
         raise ValueError(f"content kind must be one of {CONTENT_KINDS} (got {kind!r})")
-    if (kind == KNN_KIND) != (knn is not None):
-        raise ValueError(f"content kind {kind!r}: the knn settings go with kind {KNN_KIND!r} only")
+    if (kind in KNN_KINDS) != (knn is not None):
+        raise ValueError(f"content kind {kind!r}: the knn settings go with kinds {KNN_KINDS} only")
     entry = {
         "kind": kind,
         "modalities": {str(k): int(v) for k, v in modalities.items()},
@@ -267,7 +279,7 @@ def load_content_path(artifact: Artifact) -> ContentPath | None:
     n_items = artifact.manifest.n_items
     if filled is None or filled.ndim != 1 or (filled.size and (filled.min() < 0 or filled.max() >= n_items)):
         raise ArtifactError(f"{artifact.path / CONTENT_FILLED}: missing or item index out of range")
-    if kind == KNN_KIND:
+    if kind in KNN_KINDS:
         knn = _load_knn(artifact, entry, modalities, array, where)
         return ContentPath(modalities, d, projections, None, None, None, knn=knn)
     mapper_input = {}
@@ -305,6 +317,9 @@ def _load_knn(
         raise ArtifactError(f"{where}: knn.k {k} not in [1, {n_src}] (source items)")
     if sources.min() < 0 or sources.max() >= artifact.manifest.n_items:
         raise ArtifactError(f"{artifact.path / CONTENT_KNN_SOURCES}: item index out of range")
+    line = array(CONTENT_KNN_LINE, (artifact.manifest.dim + 1,)).astype(np.float32)
+    if not line[0] > 0:
+        raise ArtifactError(f"{artifact.path / CONTENT_KNN_LINE}: scale {line[0]} is not positive")
     inputs, features = {}, {}
     for m, size in modalities.items():
         stats = array(content_knn_input_file(m), (2, size)).astype(np.float32)
@@ -317,6 +332,8 @@ def _load_knn(
         sources=sources,
         weights=array(CONTENT_KNN_WEIGHTS, (len(modalities), n_src)).astype(np.float32),
         vectors=array(CONTENT_KNN_VECTORS, (n_src, artifact.manifest.dim)).astype(np.float32),
+        scale=float(line[0]),
+        bias=line[1:],
     )
 
 

@@ -147,7 +147,7 @@ def train_variant(
         )  # fmt: skip
     arts = {}
     for content in [*kinds, "none"]:
-        if content == "knn" and not has_item_graph([*overrides, *VARIANTS[variant]]):
+        if content.startswith("knn") and not has_item_graph([*overrides, *VARIANTS[variant]]):
             continue  # the knn kind exists only for a model trained with the item graph
         exported = _training_cli(
             "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),

@@ -114,7 +114,9 @@ class MMSSLConfig:
                 f"item_graph_features must be one of {ITEM_GRAPH_FEATURES} (got {self.item_graph_features!r})"
             )
         if self.item_graph_norm not in ITEM_GRAPH_NORMS:
-            problems.append(f"item_graph_norm must be one of {ITEM_GRAPH_NORMS} (got {self.item_graph_norm!r})")
+            problems.append(
+                f"item_graph_norm must be one of {ITEM_GRAPH_NORMS} (got {self.item_graph_norm!r})"
+            )
         for name, dim in self.modality_dims.items():
             if dim <= 0:
                 problems.append(f"modality {name!r} has dimension {dim}")

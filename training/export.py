@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifact.content import CONTENT_KINDS, content_manifest_entry
+from artifact.content import CONTENT_KINDS, KNN_KINDS, content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
 from training.content import (
     calibrate_mapper,
@@ -18,6 +18,7 @@ from training.content import (
     fit_content_mapper_bpr,
     fit_content_mapper_profile,
     knn_arrays,
+    knn_line,
     mapper_vectors,
 )
 from training.data import Dataset
@@ -55,7 +56,8 @@ def export_checkpoint(
     h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge regression onto the
     trained h_i (training.content); ``"knn"`` (a model trained with ``item_graph_k`` > 0 only) by
     the frozen item kNN graph: such an item's h_i is its row of S^L E alone, and the artifact
-    carries what a new item's row needs; ``"none"`` exports the model as trained.
+    carries what a new item's row needs; ``"knn-calibrated"`` that row on the warm items'
+    least-squares line of h_i on their rows; ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
@@ -68,9 +70,9 @@ def export_checkpoint(
     device = torch.device("cpu")
     model, views = model_from_checkpoint(ckpt, device)
     config = model.config
-    if content == "knn" and config.item_graph_k <= 0:
+    if content in KNN_KINDS and config.item_graph_k <= 0:
         raise ExportError(
-            f"{checkpoint_path}: content path 'knn' needs a model trained with item_graph_k > 0 "
+            f"{checkpoint_path}: content path {content!r} needs a model trained with item_graph_k > 0 "
             f"(this one has item_graph_k={config.item_graph_k})"
         )
     state = TrainingState(dataset, config, device)
@@ -81,13 +83,20 @@ def export_checkpoint(
     metrics: dict[str, Any] = {"val": ckpt["val_metrics"], "best_epoch": ckpt["epoch"]}
     extra: dict[str, np.ndarray] = {}
     content_entry: dict[str, Any] | None = None
-    if content == "knn":
+    if content in KNN_KINDS:
         assert state.item_graph is not None and out.item_graph_side is not None
         filled = np.flatnonzero(popularity == 0)
-        # An item without training interactions: its row of S^L E alone (its own e_i is untrained).
-        item_embeddings[filled] = out.item_graph_side.numpy()[filled]
+        graph_side = out.item_graph_side.numpy()
+        line = None
+        if content == "knn-calibrated":
+            line = knn_line(graph_side, item_embeddings, np.flatnonzero(popularity > 0))
+        scale, bias = line if line is not None else (1.0, np.zeros(config.embed_dim))
+        # An item without training interactions: its row of S^L E alone (its own e_i is untrained),
+        # on the calibration line for knn-calibrated.
+        item_embeddings[filled] = (scale * graph_side[filled] + bias).astype(np.float32)
         extra = content_arrays(model, None, filled)
-        extra.update(knn_arrays(model, state.item_graph, dataset.features, item_graph_sources(dataset, device)))
+        sources = item_graph_sources(dataset, device)
+        extra.update(knn_arrays(model, state.item_graph, dataset.features, sources, line))
         knn_settings = {
             "k": config.item_graph_k,
             "layers": config.item_graph_layers,
@@ -98,7 +107,7 @@ def export_checkpoint(
             {name: int(f.shape[1]) for name, f in dataset.features.items()},
             list(config.modalities),
             int(filled.size),
-            {"n_sources": int(np.count_nonzero(popularity > 0))},
+            {"n_sources": int(sources.numel()), **({"calibration": {"scale": scale}} if line else {})},
             kind=content,
             knn=knn_settings,
         )
