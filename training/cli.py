@@ -158,7 +158,9 @@ CONTENT_PATH_ARG: dict[str, Any] = {
     "the bpr map scaled by the least-squares line of the warm items' trained vectors on their mapped "
     "ones (same order of new items for every user, placed among the trained items); profile: the "
     "same linear map in closed form so that h_u . h_i imitates the user's content profile; ridge: by "
-    "ridge regression onto the trained item vectors; none: export as trained",
+    "ridge regression onto the trained item vectors; knn / knn-calibrated (a model trained with "
+    "item_graph_k > 0): the item's row of the frozen item kNN graph's propagation S^L E, raw or on "
+    "the warm items' least-squares line; none: export as trained",
 }
 
 
