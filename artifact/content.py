@@ -25,11 +25,33 @@ Files (all float32):
 
 The manifest's ``content`` entry holds ``{"kind": "ridge" | "bpr" | "bpr-calibrated" | "profile",
 "modalities": {name: D_m}, "projected": [names], "n_filled": int, "fit": {...}}``.
+
+Kind ``knn`` (issue 11 (b)) has no mapper: the model was trained with the frozen item kNN graph S
+(``model.graph.build_item_graph``, h_i += S^L e_i) and a new item's vector is its row of S^L E,
+from its k most similar source items (those with training interactions) per modality:
+
+    u^m = unit((x^m - mean^m) / scale^m)                  (unit: divided by its L2 norm)
+    h   = sum_m sum_{j in top-k_j (u^m . U^m_j)} w^m_j V_j
+
+with U^m the sources' unit features, w^m_j the value S gives an edge into source j in modality m
+(1/(M sqrt(k indeg^m_j)) or 1/(M k)) and V = (S^{L-1} E)[sources]. Kind ``knn-calibrated`` maps
+that row onto the line s h + c (s > 0, c (d,)) that the warm items' trained h_i have on their own
+rows of S^L E (least squares): a new item has no ID side, the line stands in for it; a positive
+s and a shared c keep every user's order of new items (``knn``: s = 1, c = 0).
+Files (float32 unless said):
+
+* ``content_knn_input_<m>.npy``    (2, D_m): mean^m, scale^m
+* ``content_knn_features_<m>.npy`` (n_src, D_m): U^m
+* ``content_knn_sources.npy``      (n_src,) int64: the source items' indices
+* ``content_knn_weights.npy``      (M, n_src): w^m_j, modalities in ``modalities`` order
+* ``content_knn_vectors.npy``      (n_src, d): V
+* ``content_knn_line.npy``         (d + 1,): s, then c
+and the entry's ``"knn": {"k", "layers", "features", "norm"}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +61,14 @@ from artifact.contract import Artifact, ArtifactError
 
 # How the linear mapper was fitted (the maths is the same); the export's --content-path choices are
 # these and "none" (bpr first: the default).
-CONTENT_KINDS = ("bpr", "bpr-calibrated", "profile", "ridge")
+CONTENT_KINDS = ("bpr", "bpr-calibrated", "profile", "ridge", "knn", "knn-calibrated")
 CONTENT_MAPPER = "content_mapper.npy"
 CONTENT_FILLED = "content_filled_items.npy"
+KNN_KINDS = ("knn", "knn-calibrated")
+CONTENT_KNN_SOURCES = "content_knn_sources.npy"
+CONTENT_KNN_WEIGHTS = "content_knn_weights.npy"
+CONTENT_KNN_VECTORS = "content_knn_vectors.npy"
+CONTENT_KNN_LINE = "content_knn_line.npy"
 
 
 def content_input_file(name: str) -> str:
@@ -56,12 +83,62 @@ def content_mapper_input_file(name: str) -> str:
     return f"content_mapper_input_{name}.npy"
 
 
-def content_files(modalities: Mapping[str, int], projected: list[str]) -> list[str]:
-    """Every file name a content path with these input modalities and projections writes."""
-    names = [CONTENT_MAPPER, CONTENT_FILLED]
-    names += [content_mapper_input_file(m) for m in modalities]
+def content_knn_input_file(name: str) -> str:
+    return f"content_knn_input_{name}.npy"
+
+
+def content_knn_features_file(name: str) -> str:
+    return f"content_knn_features_{name}.npy"
+
+
+def content_files(modalities: Mapping[str, int], projected: list[str], kind: str = "ridge") -> list[str]:
+    """Every file name a content path of ``kind`` with these input modalities and projections writes."""
+    if kind in KNN_KINDS:
+        names = [CONTENT_FILLED, CONTENT_KNN_SOURCES, CONTENT_KNN_WEIGHTS, CONTENT_KNN_VECTORS]
+        names.append(CONTENT_KNN_LINE)
+        names += [content_knn_input_file(m) for m in modalities]
+        names += [content_knn_features_file(m) for m in modalities]
+    else:
+        names = [CONTENT_MAPPER, CONTENT_FILLED]
+        names += [content_mapper_input_file(m) for m in modalities]
     names += [content_input_file(m) for m in projected] + [content_projection_file(m) for m in projected]
     return names
+
+
+@dataclass(frozen=True)
+class KnnContent:
+    """The serving part of the frozen item kNN graph (kind ``knn``): see the module docstring."""
+
+    k: int
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)  # name -> (mean, scale)
+    source_features: dict[str, np.ndarray] = field(repr=False)  # name -> U^m (n_src, D_m)
+    sources: np.ndarray = field(repr=False)  # (n_src,) int64
+    weights: np.ndarray = field(repr=False)  # (M, n_src)
+    vectors: np.ndarray = field(repr=False)  # (n_src, d)
+    scale: float = 1.0  # s of the calibration line (kind knn-calibrated)
+    bias: np.ndarray | None = field(default=None, repr=False)  # c (d,); None = 0
+
+    def neighbours(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """name -> (n, k) positions (into ``sources``) of each item's k most similar sources."""
+        out = {}
+        for name, (mean, scale) in self.inputs.items():
+            x = (np.asarray(raw[name], dtype=np.float32) - mean) / scale
+            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            sims = unit @ self.source_features[name].T  # (n, n_src)
+            out[name] = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
+        return out
+
+    def item_vectors(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n, d) float32: each item's row of S^L E from its features alone."""
+        n = next(iter(raw.values())).shape[0] if raw else 0
+        out = np.zeros((n, self.vectors.shape[1]), dtype=np.float64)
+        for m, positions in enumerate(self.neighbours(raw).values()):
+            w = self.weights[m][positions]  # (n, k)
+            out += np.einsum("nk,nkd->nd", w, self.vectors[positions])
+        out *= self.scale
+        if self.bias is not None:
+            out += self.bias
+        return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -70,10 +147,11 @@ class ContentPath:
     dim: int  # d, the embedding size of h_i
     # The model's projections: name -> (s_mean (D_m,), s_scale (D_m,), W (D_m, d), b (d,)).
     projections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(repr=False)
-    # The mapper: name -> (mu (D_m,), sigma (D_m,)), and A (sum D_m, d), c (d,).
-    mapper_input: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
-    mapper_weight: np.ndarray = field(repr=False)
-    mapper_bias: np.ndarray = field(repr=False)
+    # The mapper: name -> (mu (D_m,), sigma (D_m,)), and A (sum D_m, d), c (d,); None for kind knn.
+    mapper_input: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(repr=False)
+    mapper_weight: np.ndarray | None = field(repr=False)
+    mapper_bias: np.ndarray | None = field(repr=False)
+    knn: KnnContent | None = field(default=None, repr=False)  # kind knn only
 
     def check_raw(self, raw: Mapping[str, np.ndarray]) -> int:
         """Validate ``raw`` (all modalities, right widths, same row count, finite); return n.
@@ -119,6 +197,10 @@ class ContentPath:
         n = self.check_raw(raw)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.knn is not None:
+            return self.knn.item_vectors({m: raw[m] for m in self.modalities})
+        assert self.mapper_input is not None and self.mapper_weight is not None
+        assert self.mapper_bias is not None
         parts = []
         for name in self.modalities:
             mean, scale = self.mapper_input[name]
@@ -133,16 +215,22 @@ def content_manifest_entry(
     n_filled: int,
     fit: Mapping[str, Any],
     kind: str = "ridge",
+    knn: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     if kind not in CONTENT_KINDS:
         raise ValueError(f"content kind must be one of {CONTENT_KINDS} (got {kind!r})")
-    return {
+    if (kind in KNN_KINDS) != (knn is not None):
+        raise ValueError(f"content kind {kind!r}: the knn settings go with kinds {KNN_KINDS} only")
+    entry = {
         "kind": kind,
         "modalities": {str(k): int(v) for k, v in modalities.items()},
         "projected": list(projected),
         "n_filled": int(n_filled),
         "fit": dict(fit),
     }
+    if knn is not None:
+        entry["knn"] = dict(knn)
+    return entry
 
 
 def load_content_path(artifact: Artifact) -> ContentPath | None:
@@ -187,15 +275,18 @@ def load_content_path(artifact: Artifact) -> ContentPath | None:
         stats = array(content_input_file(m), (2, modalities[m])).astype(np.float32)
         proj = array(content_projection_file(m), (modalities[m] + 1, d)).astype(np.float32)
         projections[m] = (stats[0], stats[1], proj[:-1], proj[-1])
+    filled = extra.get(CONTENT_FILLED)
+    n_items = artifact.manifest.n_items
+    if filled is None or filled.ndim != 1 or (filled.size and (filled.min() < 0 or filled.max() >= n_items)):
+        raise ArtifactError(f"{artifact.path / CONTENT_FILLED}: missing or item index out of range")
+    if kind in KNN_KINDS:
+        knn = _load_knn(artifact, entry, modalities, array, where)
+        return ContentPath(modalities, d, projections, None, None, None, knn=knn)
     mapper_input = {}
     for m, size in modalities.items():
         stats = array(content_mapper_input_file(m), (2, size)).astype(np.float32)
         mapper_input[m] = (stats[0], stats[1])
     mapper = array(CONTENT_MAPPER, (sum(modalities.values()) + 1, d)).astype(np.float32)
-    filled = extra.get(CONTENT_FILLED)
-    n_items = artifact.manifest.n_items
-    if filled is None or filled.ndim != 1 or (filled.size and (filled.min() < 0 or filled.max() >= n_items)):
-        raise ArtifactError(f"{artifact.path / CONTENT_FILLED}: missing or item index out of range")
     return ContentPath(
         modalities=modalities,
         dim=d,
@@ -203,6 +294,46 @@ def load_content_path(artifact: Artifact) -> ContentPath | None:
         mapper_input=mapper_input,
         mapper_weight=mapper[:-1],
         mapper_bias=mapper[-1],
+    )
+
+
+def _load_knn(
+    artifact: Artifact,
+    entry: Mapping[str, Any],
+    modalities: dict[str, int],
+    array: Callable[[str, tuple[int, ...]], np.ndarray],
+    where: str,
+) -> KnnContent:
+    try:
+        k = int(entry["knn"]["k"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: kind knn without a valid knn.k ({exc})") from exc
+    sources_arr = artifact.arrays.extra.get(CONTENT_KNN_SOURCES)
+    if sources_arr is None or sources_arr.ndim != 1:
+        raise ArtifactError(f"{artifact.path / CONTENT_KNN_SOURCES}: missing or not one-dimensional")
+    sources = sources_arr.astype(np.int64)
+    n_src = sources.size
+    if not 0 < k <= n_src:
+        raise ArtifactError(f"{where}: knn.k {k} not in [1, {n_src}] (source items)")
+    if sources.min() < 0 or sources.max() >= artifact.manifest.n_items:
+        raise ArtifactError(f"{artifact.path / CONTENT_KNN_SOURCES}: item index out of range")
+    line = array(CONTENT_KNN_LINE, (artifact.manifest.dim + 1,)).astype(np.float32)
+    if not line[0] > 0:
+        raise ArtifactError(f"{artifact.path / CONTENT_KNN_LINE}: scale {line[0]} is not positive")
+    inputs, features = {}, {}
+    for m, size in modalities.items():
+        stats = array(content_knn_input_file(m), (2, size)).astype(np.float32)
+        inputs[m] = (stats[0], stats[1])
+        features[m] = array(content_knn_features_file(m), (n_src, size)).astype(np.float32)
+    return KnnContent(
+        k=k,
+        inputs=inputs,
+        source_features=features,
+        sources=sources,
+        weights=array(CONTENT_KNN_WEIGHTS, (len(modalities), n_src)).astype(np.float32),
+        vectors=array(CONTENT_KNN_VECTORS, (n_src, artifact.manifest.dim)).astype(np.float32),
+        scale=float(line[0]),
+        bias=line[1:],
     )
 
 

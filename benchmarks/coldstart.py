@@ -46,7 +46,13 @@ from benchmarks.content_signal import _unit, content_profiles
 from training.data import Dataset, Interactions, load_dataset, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, list[str]] = {"id_only": ["id_only=true"], "full": []}
+VARIANTS: dict[str, list[str]] = {
+    "id_only": ["id_only=true"],
+    "full": [],
+    # issue 11 (b): trained with the frozen item kNN graph (FREEDOM's k = 10); content kind "knn"
+    "id_only_knn": ["id_only=true", "item_graph_k=10"],
+    "full_knn": ["item_graph_k=10"],
+}
 METRICS = ("recall", "ndcg")
 REFERENCE_SUFFIX = " + content path"
 BLEND = "blend by score"
@@ -149,6 +155,8 @@ def train_variant(
         exports = json.loads(exports_file.read_text())
     arts = {}
     for content in [*kinds, "none"]:
+        if content.startswith("knn") and not has_item_graph([*overrides, *VARIANTS[variant]]):
+            continue  # the knn kind exists only for a model trained with the item graph
         if content not in exports or not Path(exports[content]).is_dir():
             exported = _training_cli(
                 "export", "--run", trained["run_dir"], "--data", str(data), "--out", str(store),
@@ -158,6 +166,16 @@ def train_variant(
             exports_file.write_text(json.dumps(exports, indent=1) + "\n")
         arts[content] = load_artifact(exports[content])
     return arts
+
+
+def has_item_graph(overrides: list[str]) -> bool:
+    """Whether these trainer overrides (the last of a key wins) train with the item kNN graph."""
+    k = 0
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "item_graph_k":
+            k = int(value)
+    return k > 0
 
 
 def unit_content(dataset: Dataset) -> np.ndarray:

@@ -67,7 +67,7 @@ def per_user_metrics(
     model, views = model_from_checkpoint(load_checkpoint(Path(run_dir) / BEST), device)
     state = TrainingState(dataset, model.config, device)
     with torch.no_grad():
-        out = model(state.graph, state.item_raw, views)
+        out = model(state.graph, state.item_raw, views, state.item_graph)
     return rank_metrics_per_user(
         out.user, out.item, dataset.train.indptr, dataset.train.indices, target.indptr, target.indices
     )

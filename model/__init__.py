@@ -14,8 +14,10 @@ from model.config import MMSSLConfig
 if TYPE_CHECKING:
     from model.graph import (
         InteractionGraph,
+        ItemGraph,
         ModalityViews,
         build_interaction_graph,
+        build_item_graph,
         build_modality_views,
         views_from_topk,
     )
@@ -23,8 +25,10 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "InteractionGraph": "model.graph",
+    "ItemGraph": "model.graph",
     "ModalityViews": "model.graph",
     "build_interaction_graph": "model.graph",
+    "build_item_graph": "model.graph",
     "build_modality_views": "model.graph",
     "views_from_topk": "model.graph",
     "MMSSL": "model.mmssl",
@@ -34,10 +38,12 @@ _LAZY = {
 __all__ = [
     "MMSSL",
     "InteractionGraph",
+    "ItemGraph",
     "MMSSLConfig",
     "MMSSLOutput",
     "ModalityViews",
     "build_interaction_graph",
+    "build_item_graph",
     "build_modality_views",
     "views_from_topk",
 ]

@@ -9,6 +9,12 @@ GRAPH_NORMS = ("paper", "symmetric")
 # Raw item features before the modality projections: "none" as in the paper; "standardize" =
 # (x - mean) / std per feature over all items, the statistics kept in the model (and the artifact).
 FEATURE_NORMS = ("none", "standardize")
+# The frozen item-item kNN graph (issue 11 (b), FREEDOM-style): how the raw features are prepared
+# before the cosine ("center": x - mean; "standardize": (x - mean) / std, statistics over all items)
+# and how the binary kNN matrix is normalised ("symmetric": 1/sqrt(k * indegree_j), the
+# D_out^-1/2 A D_in^-1/2 of a directed kNN graph; "mean": 1/k, FREEDOM's value when every row has k).
+ITEM_GRAPH_FEATURES = ("center", "standardize")
+ITEM_GRAPH_NORMS = ("symmetric", "mean")
 
 
 @dataclass
@@ -50,6 +56,15 @@ class MMSSLConfig:
     use_gumbel: bool = True  # False = w/o-GT (observed rows enter Eq. 5 untransformed)
     id_only: bool = False  # no modalities at all: LightGCN-like
 
+    # Frozen item-item kNN graph S from the raw modality features (issue 11 (b); off by default, the
+    # paper has none): h_i += S^L e_i (FREEDOM, Zhou & Shen 2023). Each item's k most similar items
+    # among those with training interactions (itself excluded), per modality, averaged over the
+    # modalities. Uses every modality in modality_dims, also for the ID-only model.
+    item_graph_k: int = 0  # k; 0 = no item graph
+    item_graph_layers: int = 1  # L of the item-graph propagation
+    item_graph_features: str = "center"  # one of ITEM_GRAPH_FEATURES
+    item_graph_norm: str = "symmetric"  # one of ITEM_GRAPH_NORMS
+
     def __post_init__(self) -> None:
         self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}
 
@@ -85,6 +100,23 @@ class MMSSLConfig:
             problems.append(f"gumbel_tau must be positive (got {self.gumbel_tau})")
         if not self.id_only and not self.modality_dims:
             problems.append("no modalities: the data has no <modality>_feat.npy; set id_only: true")
+        if self.item_graph_k < 0:
+            problems.append(f"item_graph_k must be >= 0 (got {self.item_graph_k})")
+        if self.item_graph_k > 0:
+            if not self.modality_dims:
+                problems.append("item_graph_k > 0 needs item features (<modality>_feat.npy)")
+            if self.item_graph_k >= self.n_items > 0:
+                problems.append(f"item_graph_k ({self.item_graph_k}) must be below n_items ({self.n_items})")
+            if self.item_graph_layers < 1:
+                problems.append(f"item_graph_layers must be >= 1 (got {self.item_graph_layers})")
+        if self.item_graph_features not in ITEM_GRAPH_FEATURES:
+            problems.append(
+                f"item_graph_features must be one of {ITEM_GRAPH_FEATURES} (got {self.item_graph_features!r})"
+            )
+        if self.item_graph_norm not in ITEM_GRAPH_NORMS:
+            problems.append(
+                f"item_graph_norm must be one of {ITEM_GRAPH_NORMS} (got {self.item_graph_norm!r})"
+            )
         for name, dim in self.modality_dims.items():
             if dim <= 0:
                 problems.append(f"modality {name!r} has dimension {dim}")

@@ -253,3 +253,87 @@ def build_modality_views(
     """Eq. 8 views refreshed from the current modality features."""
     tops = modality_topk(user_feats, item_feats, k, active_users, chunk)
     return views_from_topk(tops, item_feats[0].shape[0])
+
+
+class ItemGraph(NamedTuple):
+    """The frozen item-item kNN graph S (issue 11 (b), FREEDOM's item graph), built once.
+
+    ``matrix`` is S (n_items, n_items): row i mixes the ID embeddings of item i's nearest source
+    items, ``matrix_t`` its transpose for spmm's backward. ``neighbours`` are the same edges per
+    modality and ``column_weights`` the value S^m / M gives an edge into item j: a new item's row
+    is sum_m sum_{j in kNN_m} column_weights[m, j], the form the artifact stores.
+    """
+
+    matrix: Tensor  # sparse CSR (n_items, n_items)
+    matrix_t: Tensor  # sparse CSR (n_items, n_items)
+    neighbours: Tensor  # (M, n_items, k) int64 item indices
+    column_weights: Tensor  # (M, n_items) float32
+
+
+def item_graph_inputs(raw: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+    """(mean, scale) of the raw features (n_items, D_m) that the kNN similarity centres with;
+    scale is 1 unless ``standardize`` (then the std over items, at least 1e-6)."""
+    mean = raw.mean(dim=0)
+    scale = raw.std(dim=0, unbiased=False).clamp(min=1e-6) if standardize else torch.ones_like(mean)
+    return mean, scale
+
+
+@torch.no_grad()
+def build_item_graph(
+    raw: list[Tensor],
+    sources: Tensor,
+    k: int,
+    *,
+    standardize: bool = False,
+    norm: str = "symmetric",
+    chunk: int = 2048,
+) -> ItemGraph:
+    """S = (1/M) sum_m S^m, S^m the normalised binary kNN matrix of modality m's cosine similarity.
+
+    raw: per modality (n_items, D_m) raw features of all items; sources: (n_src,) int64 the items a
+    row may point at (those with training interactions), sorted. Features are centred (and
+    standardised) with statistics over all items (``item_graph_inputs``), then unit-normalised;
+    each item's k most similar sources other than itself form its row. ``norm``: "symmetric"
+    gives the edge i -> j the value 1/sqrt(k * indeg_m(j)) (indeg over all rows, at least 1),
+    "mean" gives 1/k.
+    """
+    if norm not in ("symmetric", "mean"):
+        raise ValueError(f"item graph norm must be 'symmetric' or 'mean', got {norm!r}")
+    n_items = raw[0].shape[0]
+    if not 0 < k < sources.numel():
+        raise ValueError(f"item graph k ({k}) must be in [1, {sources.numel() - 1}] (source items)")
+    device = raw[0].device
+    is_source = torch.full((n_items,), -1, dtype=torch.int64, device=device)
+    is_source[sources] = torch.arange(sources.numel(), device=device)
+    all_nb, all_col = [], []
+    for x in raw:
+        mean, scale = item_graph_inputs(x, standardize)
+        unit = F.normalize((x - mean) / scale, dim=1)  # (n_items, D_m)
+        src = unit[sources]
+        neighbours = torch.empty(n_items, k, dtype=torch.int64, device=device)
+        for start in range(0, n_items, chunk):
+            rows = torch.arange(start, min(start + chunk, n_items), device=device)
+            sims = unit[rows] @ src.T  # (chunk, n_src)
+            own = is_source[rows]
+            has_own = own >= 0
+            sims[has_own.nonzero().squeeze(1), own[has_own]] = -float("inf")  # never itself
+            neighbours[rows] = sources[sims.topk(k, dim=1).indices]
+        in_degree = torch.bincount(neighbours.reshape(-1), minlength=n_items).to(torch.float32)
+        if norm == "symmetric":
+            column = (k * in_degree.clamp(min=1)).rsqrt()
+        else:
+            column = torch.full((n_items,), 1.0 / k, device=device)
+        column = column / len(raw)  # the mean over modalities
+        all_nb.append(neighbours)
+        all_col.append(column)
+    neighbours_t, columns_t = torch.stack(all_nb), torch.stack(all_col)  # (M, n_items, k), (M, n_items)
+    rows = torch.arange(n_items, device=device).repeat_interleave(k).repeat(len(raw))
+    cols = neighbours_t.reshape(-1)
+    vals = torch.gather(columns_t, 1, neighbours_t.reshape(len(raw), -1)).reshape(-1)
+    # The modalities can share an edge: sum duplicates before building the CSR.
+    keys, inverse = torch.unique(rows * n_items + cols, return_inverse=True)
+    summed = torch.zeros(keys.numel(), dtype=torch.float32, device=device).index_add_(0, inverse, vals)
+    r, c = keys // n_items, keys % n_items
+    matrix = _sparse(r, c, summed, (n_items, n_items), row_major=True)
+    matrix_t = _sparse(c, r, summed, (n_items, n_items))
+    return ItemGraph(matrix, matrix_t, neighbours_t, columns_t)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import MMSSLConfig
-from model.graph import InteractionGraph, ModalityViews, spmm
+from model.graph import InteractionGraph, ItemGraph, ModalityViews, spmm
 
 
 class ModalityFeatures(NamedTuple):
@@ -33,6 +33,8 @@ class MMSSLOutput(NamedTuple):
     features: ModalityFeatures  # empty lists for the ID-only model
     view_users: list[Tensor]  # e_u^m (Eq. 8), per modality (n_users, d)
     view_items: list[Tensor]  # e_i^m (Eq. 8), per modality (n_items, d)
+    # S^L E_i of the frozen item kNN graph (included in ``item``), (n_items, d); None without one
+    item_graph_side: Tensor | None = None
 
 
 class ModalityAttention(nn.Module):
@@ -222,9 +224,18 @@ class MMSSL(nn.Module):
         return ModalityFeatures(projected, users, items)
 
     def forward(
-        self, graph: InteractionGraph, item_raw: list[Tensor], views: ModalityViews | None
+        self,
+        graph: InteractionGraph,
+        item_raw: list[Tensor],
+        views: ModalityViews | None,
+        item_graph: ItemGraph | None = None,
     ) -> MMSSLOutput:
+        """``item_graph``: the frozen kNN graph, needed (only) when ``config.item_graph_k`` > 0."""
         cfg = self.config
+        if (cfg.item_graph_k > 0) != (item_graph is not None):
+            raise ValueError(
+                f"item_graph_k is {cfg.item_graph_k}: forward needs an item graph exactly when it is > 0"
+            )
         e_u, e_i = self.user_embedding.weight, self.item_embedding.weight
         view_users: list[Tensor] = []
         view_items: list[Tensor] = []
@@ -261,6 +272,12 @@ class MMSSL(nn.Module):
         if feats.users:  # Eq. 12
             user = user + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
             item = item + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.items)
+        graph_side = None
+        if item_graph is not None:  # FREEDOM: h_i += S^L e_i, S frozen
+            graph_side = e_i
+            for _ in range(cfg.item_graph_layers):
+                graph_side = spmm(item_graph.matrix, graph_side, item_graph.matrix_t)
+            item = item + graph_side
         item_layers = torch.stack(layers_i[: cfg.n_layers]) if cfg.n_layers else e_i.new_zeros(0, *e_i.shape)
         return MMSSLOutput(
             user=user,
@@ -272,4 +289,5 @@ class MMSSL(nn.Module):
             features=feats,
             view_users=view_users,
             view_items=view_items,
+            item_graph_side=graph_side,
         )

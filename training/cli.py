@@ -161,7 +161,9 @@ CONTENT_PATH_ARG: dict[str, Any] = {
     "the vectors of items without training interactions from their features; bpr: the map unscaled "
     "(new items then score above trained ones on the full model); profile: the "
     "same linear map in closed form so that h_u . h_i imitates the user's content profile; ridge: by "
-    "ridge regression onto the trained item vectors; none: export as trained",
+    "ridge regression onto the trained item vectors; knn / knn-calibrated (a model trained with "
+    "item_graph_k > 0): the item's row of the frozen item kNN graph's propagation S^L E, raw or on "
+    "the warm items' least-squares line; none: export as trained",
 }
 
 

@@ -16,12 +16,19 @@ import torch
 
 from artifact.content import (
     CONTENT_FILLED,
+    CONTENT_KNN_LINE,
+    CONTENT_KNN_SOURCES,
+    CONTENT_KNN_VECTORS,
+    CONTENT_KNN_WEIGHTS,
     CONTENT_MAPPER,
     content_input_file,
+    content_knn_features_file,
+    content_knn_input_file,
     content_mapper_input_file,
     content_projection_file,
 )
 from model.content import ContentMapper, ridge_solution
+from model.graph import ItemGraph, item_graph_inputs, spmm
 from model.mmssl import MMSSL
 
 log = logging.getLogger(__name__)
@@ -306,8 +313,53 @@ def mapper_vectors(
 
 
 @torch.no_grad()
-def content_arrays(model: MMSSL, mapper: ContentMapper, filled: np.ndarray) -> dict[str, np.ndarray]:
-    """The content path's artifact files (``artifact.content``) for ``model`` and ``mapper``."""
+def knn_line(graph_side: np.ndarray, item_vectors: np.ndarray, warm: np.ndarray) -> tuple[float, np.ndarray]:
+    """(s > 0, c (d,)): the least-squares line h_i ~= s [S^L E]_i + c of the warm items' trained h_i
+    on their item-graph rows (``_fit_line``), the map of kind knn-calibrated."""
+    scale, bias, rule = _fit_line(
+        torch.as_tensor(np.asarray(graph_side)[warm]), torch.as_tensor(np.asarray(item_vectors)[warm])
+    )
+    log.info("knn content path: calibration line scale %.4g (%s)", scale, rule)
+    return scale, bias.numpy()
+
+
+@torch.no_grad()
+def knn_arrays(
+    model: MMSSL,
+    item_graph: ItemGraph,
+    features: Mapping[str, np.ndarray],
+    sources: torch.Tensor,
+    line: tuple[float, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The kind-``knn`` files (``artifact.content``): what a new item's row of S^L E needs.
+
+    ``features``: raw (n_items, D_m) per modality in ``model.config.modality_dims`` order, the ones
+    the graph was built from; ``sources``: the graph's source items (``item_graph_sources``);
+    ``line``: (s, c) of knn-calibrated (None: s = 1, c = 0).
+    """
+    cfg = model.config
+    out: dict[str, np.ndarray] = {}
+    for name in cfg.modality_dims:
+        raw = torch.as_tensor(np.asarray(features[name], dtype=np.float32))
+        mean, scale = item_graph_inputs(raw, cfg.item_graph_features == "standardize")
+        unit = torch.nn.functional.normalize((raw - mean) / scale, dim=1)
+        out[content_knn_input_file(name)] = torch.stack([mean, scale]).numpy()
+        out[content_knn_features_file(name)] = unit[sources].numpy()
+    vectors = model.item_embedding.weight
+    for _ in range(cfg.item_graph_layers - 1):  # V = S^{L-1} E: a new item adds the last step
+        vectors = spmm(item_graph.matrix, vectors)
+    out[CONTENT_KNN_SOURCES] = sources.numpy().astype(np.int64)
+    out[CONTENT_KNN_WEIGHTS] = item_graph.column_weights[:, sources].float().numpy()
+    out[CONTENT_KNN_VECTORS] = vectors[sources].float().numpy()
+    scale, bias = line if line is not None else (1.0, np.zeros(vectors.shape[1]))
+    out[CONTENT_KNN_LINE] = np.concatenate([[scale], bias]).astype(np.float32)
+    return out
+
+
+@torch.no_grad()
+def content_arrays(model: MMSSL, mapper: ContentMapper | None, filled: np.ndarray) -> dict[str, np.ndarray]:
+    """The content path's artifact files (``artifact.content``) for ``model`` and ``mapper``
+    (None for kind knn: projections and filled items only, ``knn_arrays`` adds the rest)."""
     out: dict[str, np.ndarray] = {}
     for name in model.modalities:
         mean, scale = model.feature_stats(name)
@@ -315,10 +367,12 @@ def content_arrays(model: MMSSL, mapper: ContentMapper, filled: np.ndarray) -> d
         assert isinstance(layer, torch.nn.Linear)
         out[content_input_file(name)] = torch.stack([mean, scale]).float().numpy()
         out[content_projection_file(name)] = torch.cat([layer.weight.T, layer.bias[None]]).float().numpy()
+    out[CONTENT_FILLED] = np.asarray(filled, dtype=np.int64)
+    if mapper is None:
+        return out
     for name in mapper.modality_dims:
         mean, scale = mapper.stats(name)
         out[content_mapper_input_file(name)] = torch.stack([mean, scale]).float().numpy()
     linear = mapper.linear
     out[CONTENT_MAPPER] = torch.cat([linear.weight.T, linear.bias[None]]).float().numpy()
-    out[CONTENT_FILLED] = np.asarray(filled, dtype=np.int64)
     return out

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifact.content import CONTENT_KINDS, content_manifest_entry
+from artifact.content import CONTENT_KINDS, KNN_KINDS, content_manifest_entry
 from artifact.contract import ArtifactArrays, Manifest, new_model_version, utc_now, write_artifact
 from training.content import (
     calibrate_mapper,
@@ -17,11 +17,13 @@ from training.content import (
     fit_content_mapper,
     fit_content_mapper_bpr,
     fit_content_mapper_profile,
+    knn_arrays,
+    knn_line,
     mapper_vectors,
 )
 from training.data import Dataset
 from training.evaluate import rank_metrics
-from training.trainer import TrainingState, load_checkpoint, model_from_checkpoint
+from training.trainer import TrainingState, item_graph_sources, load_checkpoint, model_from_checkpoint
 
 CONTENT_CHOICES = (*CONTENT_KINDS, "none")
 
@@ -52,7 +54,10 @@ def export_checkpoint(
     service reserves list slots for new items, docs/BENCHMARKS.md "Slots for new items") the same
     map placed among the trained items by the warm items' least-squares line, ``"profile"`` in
     closed form so that h_u . h_i imitates the user's content profile, ``"ridge"`` by ridge
-    regression onto the trained h_i (training.content); ``"none"`` exports the model as trained.
+    regression onto the trained h_i (training.content); ``"knn"`` (a model trained with
+    ``item_graph_k`` > 0 only) by the frozen item kNN graph: such an item's h_i is its row of S^L E
+    alone, and the artifact carries what a new item's row needs; ``"knn-calibrated"`` that row on
+    the warm items' least-squares line of h_i on their rows; ``"none"`` exports the model as trained.
     """
     if content not in CONTENT_CHOICES:
         raise ExportError(f"content must be one of {CONTENT_CHOICES} (got {content!r})")
@@ -65,15 +70,48 @@ def export_checkpoint(
     device = torch.device("cpu")
     model, views = model_from_checkpoint(ckpt, device)
     config = model.config
+    if content in KNN_KINDS and config.item_graph_k <= 0:
+        raise ExportError(
+            f"{checkpoint_path}: content path {content!r} needs a model trained with item_graph_k > 0 "
+            f"(this one has item_graph_k={config.item_graph_k})"
+        )
     state = TrainingState(dataset, config, device)
-    out = model(state.graph, state.item_raw, views)
+    out = model(state.graph, state.item_raw, views, state.item_graph)
     item_embeddings = out.item.numpy().copy()
     popularity = dataset.train.item_counts(dataset.n_items)
 
     metrics: dict[str, Any] = {"val": ckpt["val_metrics"], "best_epoch": ckpt["epoch"]}
     extra: dict[str, np.ndarray] = {}
     content_entry: dict[str, Any] | None = None
-    if content != "none" and dataset.features:
+    if content in KNN_KINDS:
+        assert state.item_graph is not None and out.item_graph_side is not None
+        filled = np.flatnonzero(popularity == 0)
+        graph_side = out.item_graph_side.numpy()
+        line = None
+        if content == "knn-calibrated":
+            line = knn_line(graph_side, item_embeddings, np.flatnonzero(popularity > 0))
+        scale, bias = line if line is not None else (1.0, np.zeros(config.embed_dim))
+        # An item without training interactions: its row of S^L E alone (its own e_i is untrained),
+        # on the calibration line for knn-calibrated.
+        item_embeddings[filled] = (scale * graph_side[filled] + bias).astype(np.float32)
+        extra = content_arrays(model, None, filled)
+        sources = item_graph_sources(dataset, device)
+        extra.update(knn_arrays(model, state.item_graph, dataset.features, sources, line))
+        knn_settings = {
+            "k": config.item_graph_k,
+            "layers": config.item_graph_layers,
+            "features": config.item_graph_features,
+            "norm": config.item_graph_norm,
+        }
+        content_entry = content_manifest_entry(
+            {name: int(f.shape[1]) for name, f in dataset.features.items()},
+            list(config.modalities),
+            int(filled.size),
+            {"n_sources": int(sources.numel()), **({"calibration": {"scale": scale}} if line else {})},
+            kind=content,
+            knn=knn_settings,
+        )
+    elif content != "none" and dataset.features:
         warm = np.flatnonzero(popularity > 0)
         if content == "ridge":
             fit = fit_content_mapper(dataset.features, item_embeddings, warm)
@@ -98,6 +136,7 @@ def export_checkpoint(
             fit.report,
             kind=content,
         )
+    if content_entry is not None:
         # Validation of the vectors as exported (cold items filled), beside the checkpoint's.
         metrics["val_exported"] = rank_metrics(
             out.user,

@@ -27,6 +27,8 @@ from torch import Tensor
 from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
 from model.graph import (
     InteractionGraph,
+    ItemGraph,
+    build_item_graph,
     dense_times_weight_t,
     mean_operators_with_transposes,
     modality_topk,
@@ -103,6 +105,12 @@ def model_config_for(dataset: Dataset, model_settings: dict[str, Any]) -> MMSSLC
     return cfg
 
 
+def item_graph_sources(dataset: Dataset, device: torch.device) -> Tensor:
+    """The items an item-graph row may point at: those with training interactions, sorted."""
+    warm = np.flatnonzero(dataset.train.item_counts(dataset.n_items) > 0)
+    return torch.as_tensor(warm, dtype=torch.int64, device=device)
+
+
 class TrainingState:
     """Tensors derived from the dataset, on the training device."""
 
@@ -117,6 +125,18 @@ class TrainingState:
             torch.as_tensor(dataset.features[name], dtype=torch.float32, device=device)
             for name in config.modalities
         ]
+        self.item_graph: ItemGraph | None = None
+        if config.item_graph_k > 0:  # issue 11 (b): built once, from every modality's raw features
+            self.item_graph = build_item_graph(
+                [
+                    torch.as_tensor(dataset.features[name], dtype=torch.float32, device=device)
+                    for name in config.modality_dims
+                ],
+                item_graph_sources(dataset, device),
+                config.item_graph_k,
+                standardize=config.item_graph_features == "standardize",
+                norm=config.item_graph_norm,
+            )
         self.active_users = torch.as_tensor(dataset.train.users_with_items(), device=device)
         # Sorted keys u * n_items + i of the observed pairs, for rejection of sampled negatives.
         self.pair_keys = torch.sort(self.users * dataset.n_items + self.items).values
@@ -215,7 +235,7 @@ def evaluate_model(
     """Ranking metrics on ``target``, over ``users`` only when given (see ``rank_metrics``)."""
     was_training = model.training
     model.eval()
-    out = model(state.graph, state.item_raw, views)
+    out = model(state.graph, state.item_raw, views, state.item_graph)
     model.train(was_training)
     return rank_metrics(
         out.user,
@@ -501,7 +521,7 @@ def train(
             step += 1
 
             graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
-            out = model(graph, state.item_raw, views)
+            out = model(graph, state.item_raw, views, state.item_graph)
             batch_users = torch.unique(users)
 
             loss_g = torch.zeros((), device=device)
