@@ -63,7 +63,7 @@ test: install lint typecheck
 
 ## Mutation testing of the core modules (not in CI: tens of minutes on 2 cores; see docs/TESTING.md)
 mutation: install
-	nice -n 10 $(BIN)/python scripts/mutation.py $(MODULES)
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MUTATION_ARGS) $(MODULES)
 
 lint: install
 	$(BIN)/ruff check .
