@@ -41,7 +41,7 @@ import numpy as np
 
 from artifact.content import CONTENT_KINDS, load_content_path
 from artifact.contract import Artifact, load_artifact
-from benchmarks.common import emit, paired_bootstrap, per_user_topk
+from benchmarks.common import candidate_pairs, emit, paired_bootstrap, per_user_topk
 from benchmarks.content_signal import _unit, content_profiles
 from training.data import Dataset, Interactions, load_dataset, load_split
 
@@ -269,14 +269,8 @@ def per_user_slots(
     column = np.full(item_emb.shape[0], -1, dtype=np.int64)
     column[candidates] = np.arange(candidates.size)
 
-    def pairs(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        users = np.repeat(np.arange(len(split.indptr) - 1), np.diff(split.indptr))
-        cols = column[np.asarray(split.indices, dtype=np.int64)]
-        keep = cols >= 0
-        return users[keep], cols[keep]
-
-    t_users, t_cols = pairs(target)
-    s_users, s_cols = pairs(train)
+    t_users, t_cols = candidate_pairs(target, column)
+    s_users, s_cols = candidate_pairs(train, column)
     users = np.unique(t_users)
     kw, kn = min(k, n_warm), min(k, new.size)
     discount = 1.0 / np.log2(np.arange(2, k + 2))

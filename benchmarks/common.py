@@ -184,6 +184,15 @@ def paired_bootstrap(
     return out
 
 
+def candidate_pairs(split: Any, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, candidate column) of every pair of a CSR ``split`` whose item is a candidate:
+    ``column[item]`` is the item's column among the candidates, -1 for the others."""
+    users = np.repeat(np.arange(len(split.indptr) - 1), np.diff(split.indptr))
+    cols = column[np.asarray(split.indices, dtype=np.int64)]
+    keep = cols >= 0
+    return users[keep], cols[keep]
+
+
 def per_user_topk(
     user_emb: np.ndarray,
     item_emb: np.ndarray,
@@ -208,14 +217,8 @@ def per_user_topk(
     column = np.full(n_items, -1, dtype=np.int64)
     column[candidates] = np.arange(candidates.size)
 
-    def pairs(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        users = np.repeat(np.arange(len(split.indptr) - 1), np.diff(split.indptr))
-        cols = column[np.asarray(split.indices, dtype=np.int64)]
-        keep = cols >= 0
-        return users[keep], cols[keep]
-
-    t_users, t_cols = pairs(target)
-    s_users, s_cols = pairs(train)
+    t_users, t_cols = candidate_pairs(target, column)
+    s_users, s_cols = candidate_pairs(train, column)
     users = np.unique(t_users)
     kk = min(k, candidates.size)
     discount = 1.0 / np.log2(np.arange(2, kk + 2))
