@@ -60,6 +60,21 @@ def _run(cmd: list[str], log_path: Path) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail))
 
 
+def parse_define(text: str) -> tuple[str, list[str]]:
+    """``name:k=v,k=v`` -> (name, ["k=v", "k=v"]) for ``--define``."""
+    name, sep, body = text.partition(":")
+    pairs = [x.strip() for x in body.split(",") if x.strip()]
+    name = name.strip()
+    bad = [x for x in pairs if "=" not in x or not x.partition("=")[0].strip()]
+    if not sep or not name or "-seed" in name or "/" in name or not pairs or bad:
+        raise argparse.ArgumentTypeError(
+            f"--define wants NAME:KEY=VALUE[,KEY=VALUE...] (NAME without '/' or '-seed'); got {text!r}"
+        )
+    if name in VARIANTS:
+        raise argparse.ArgumentTypeError(f"--define {name!r}: that name is a built-in variant")
+    return name, pairs
+
+
 def run_one(
     args: argparse.Namespace, variant: str, seed: int, out: Path, overrides: list[str] | None = None
 ) -> dict[str, Any]:
@@ -254,7 +269,19 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="tune on a split carved from training with this seed (see the module docstring)",
     )
-    p.add_argument("--variants", nargs="+", default=["full", "id_only"], choices=list(VARIANTS))
+    p.add_argument(
+        "--define",
+        action="append",
+        default=[],
+        type=parse_define,
+        metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
+        help="a variant of your own (repeatable), e.g. graph:item_graph_k=10; then name it in --variants",
+    )
+    p.add_argument("--variants", nargs="+", default=["full", "id_only"])
+    p.add_argument(
+        "--reference",
+        help="the variant every interval difference is taken against (default: full if run, else the first)",
+    )
     p.add_argument(
         "--merge",
         nargs="+",
@@ -262,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         help="no training: tabulate finished run directories named <variant>-seed<N> (with eval.json)",
     )
     args = p.parse_args(argv)
+    variants = {**VARIANTS, **dict(args.define)}
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}: choose from {sorted(variants)} or --define them")
+    if args.reference is not None and not args.merge and args.reference not in args.variants:
+        p.error(f"--reference {args.reference!r} is not one of --variants {args.variants}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.tune_seed is not None:
@@ -280,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             runs.append(collect(run_dir, variant, int(seed)))
     if not args.merge:
-        jobs = [(variant, seed, None) for variant in args.variants for seed in args.seeds]
+        jobs = [(variant, seed, variants[variant]) for variant in args.variants for seed in args.seeds]
         runs += run_many(args, jobs, out)
     table = summarise(runs)
-    stats = intervals(runs)
+    stats = intervals(runs, args.reference or "full")
     meta = {
         "command": " ".join([sys.executable, "-m", "benchmarks.quality", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},

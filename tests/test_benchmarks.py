@@ -418,3 +418,39 @@ def test_view_recall_is_one_when_every_cell_is_probed(tiny_data, tmp_path):
     one, every = result["rows"]
     assert every["probe"] == 38 and every["recall"] == [1.0, 1.0]
     assert all(0.0 < r <= 1.0 for r in one["recall"])
+
+
+def test_quality_defined_variants_train_their_overrides_and_set_the_reference(tiny_data, tmp_path):
+    from benchmarks import quality
+
+    out = tmp_path / "d"
+    rc = quality.main(
+        _argv(
+            tiny_data,
+            "val.json",
+            out,
+            "--seeds",
+            "1",
+            "--define",
+            "small:embed_dim=8,n_heads=2",
+            "--variants",
+            "id_only",
+            "small",
+            "--reference",
+            "small",
+            overrides=(*FAST_OVERRIDES, "epochs=1"),
+        )
+    )
+    assert rc == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in result["runs"]] == ["id_only", "small"]
+    import torch
+
+    ckpt = torch.load(out / "runs" / "small-seed1" / "best.pt", weights_only=False)
+    assert ckpt["model_config"]["embed_dim"] == 8 and ckpt["model_config"]["n_heads"] == 2
+    assert set(result["intervals"]["differences"]) == {"id_only - small"}
+    for bad in (["--define", "nocolon"], ["--define", "full:epochs=1"], ["--variants", "nope"]):
+        with pytest.raises(SystemExit):
+            quality.main(_argv(tiny_data, "val.json", tmp_path / "bad", *bad))
+    with pytest.raises(SystemExit):  # a reference that is not run
+        quality.main(_argv(tiny_data, "val.json", tmp_path / "bad", "--variants", "id_only", "--reference", "full"))
