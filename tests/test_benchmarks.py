@@ -453,4 +453,6 @@ def test_quality_defined_variants_train_their_overrides_and_set_the_reference(ti
         with pytest.raises(SystemExit):
             quality.main(_argv(tiny_data, "val.json", tmp_path / "bad", *bad))
     with pytest.raises(SystemExit):  # a reference that is not run
-        quality.main(_argv(tiny_data, "val.json", tmp_path / "bad", "--variants", "id_only", "--reference", "full"))
+        quality.main(
+            _argv(tiny_data, "val.json", tmp_path / "bad", "--variants", "id_only", "--reference", "full")
+        )
