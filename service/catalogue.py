@@ -413,9 +413,17 @@ class CatalogueView:
             labels, scores = self.rec.top_k(
                 vector, k, exclude, self.unavailable_mask, self.n_unavailable, self.space
             )
-            n_new = int((labels >= self.n_base).sum())
+            is_new = labels >= self.n_base
+            n_new = int(is_new.sum())
             if n_new >= floor and (self.max_slots is None or n_new <= self.max_slots):
                 return labels, scores
+            if n_new < floor and (self.max_slots is None or floor <= self.max_slots):
+                # Too few added items won by score (the common case for a calibrated content path
+                # with reserved slots). The list's artifact items are the best k - n_new of the
+                # artifact's, more than the k - floor that stay: only the side index is searched,
+                # for the best ``floor`` added items, not the artifact's index a second time.
+                best, new_scores = self._best_new(vector, floor, allowed, new_exclude)
+                return self._reserve(labels[~is_new], scores[~is_new], best, new_scores, k, floor)
         base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
         mask = self.unavailable_base_mask if self.n_unavailable_base else None
         labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
@@ -428,27 +436,47 @@ class CatalogueView:
             best = np.flatnonzero(allowed)[:take]
             new_scores = np.zeros(best.size, dtype=np.float32)
         else:
-            # over-fetch by what may be filtered out, then drop it (like Recommender.top_k)
-            fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)
-            query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
-            found_scores, found = self._side_index.search(query, fetch)
-            found, found_scores = found[0], found_scores[0]
-            keep = (found >= 0) & allowed[np.maximum(found, 0)]
-            best, new_scores = found[keep][:take], found_scores[keep][:take]
+            best, new_scores = self._best_new(vector, take, allowed, new_exclude)
         if not best.size:
             return labels, scores
         all_labels = np.concatenate((labels, best + self.n_base))
         all_scores = np.concatenate((scores.astype(np.float32), new_scores))
         order = np.argsort(-all_scores, kind="stable")[:k]  # artifact items first among equal scores
         n_new = int((order >= labels.size).sum())
-        floor = min(floor, best.size)
-        if n_new < floor:
-            # reserved slots: the best ``floor`` added items and the best artifact items around them
-            keep_base = min(labels.size, k - floor)
-            all_labels = np.concatenate((labels[:keep_base], best[:floor] + self.n_base))
-            all_scores = np.concatenate((scores[:keep_base].astype(np.float32), new_scores[:floor]))
-            order = np.argsort(-all_scores, kind="stable")
+        if n_new < min(floor, best.size):
+            return self._reserve(labels, scores, best, new_scores, k, floor)
         return all_labels[order], all_scores[order]
+
+    def _reserve(
+        self,
+        labels: np.ndarray,
+        scores: np.ndarray,
+        best: np.ndarray,
+        new_scores: np.ndarray,
+        k: int,
+        floor: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Reserved slots: the best ``floor`` added items (side-index rows ``best``, best first) and
+        the best artifact items (``labels``, best first) around them, ``k`` at most, ordered by
+        score (artifact items first among equal scores)."""
+        floor = min(floor, best.size)
+        keep_base = min(labels.size, k - floor)
+        all_labels = np.concatenate((labels[:keep_base], best[:floor] + self.n_base))
+        all_scores = np.concatenate((scores[:keep_base].astype(np.float32), new_scores[:floor]))
+        order = np.argsort(-all_scores, kind="stable")
+        return all_labels[order], all_scores[order]
+
+    def _best_new(
+        self, vector: np.ndarray, take: int, allowed: np.ndarray, new_exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``take`` added items that may be shown (rows of the side index) and their scores:
+        over-fetch by what may be filtered out, then drop it (like Recommender.top_k)."""
+        fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+        found_scores, found = self._side_index.search(query, fetch)
+        found, found_scores = found[0], found_scores[0]
+        keep = (found >= 0) & allowed[np.maximum(found, 0)]
+        return found[keep][:take], found_scores[keep][:take]
 
     def similar(self, index: int, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Item-to-item neighbours by inner product of the model's item vectors h_i (no reserved

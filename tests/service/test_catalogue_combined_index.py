@@ -124,7 +124,17 @@ def test_reserved_slots_hold_the_best_added_items_and_stay_exact(
         view.rec, view.content, view.records, view.base_available, view.new_ids, 0.05 * view.new_vectors,
         view.new_modality, view.new_available, "1-0", max_slots, min_slots=min_slots,
     )  # fmt: skip
+    searches: list[bool] = []  # one per search of the artifact's items: merged (True) or alone
+    real_top_k = rec.top_k
+
+    def counting_top_k(*args: Any, **kwargs: Any) -> Any:
+        searches.append(len(args) > 5 or "space" in kwargs)
+        return real_top_k(*args, **kwargs)
+
+    rec.top_k = counting_top_k  # type: ignore[method-assign]
     _check(view, rng, trials=60, max_slots=max_slots, min_slots=min_slots)
+    if max_slots is None:  # the slots are filled from the side index, never by a second search
+        assert searches == [True] * 60
     n_shown = int(view.new_available.sum())
     for _ in range(20):
         q = rng.normal(size=view.dim).astype(np.float32)
