@@ -48,7 +48,10 @@ TOKEN = "bench-items-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def write_artifact_with_content(root: Path, seed: int = 0) -> Path:
+def write_artifact_with_content(root: Path, seed: int = 0, added_scale: float = 1.0) -> Path:
+    """The benchmark's artifact. ``added_scale`` multiplies the added items' h_i: 1 gives them the
+    trained items' norm (they often win a place by score); below 1 they rarely do, as with a
+    calibrated content path, so reserved slots (``NEW_ITEMS_SLOTS``) decide where they show."""
     manifest, arrays = synth.build_tiktok_sized(seed=seed)
     rng = np.random.default_rng(100 + seed)
     d = manifest.dim
@@ -63,7 +66,8 @@ def write_artifact_with_content(root: Path, seed: int = 0) -> Path:
         )
     total = sum(RAW_DIMS.values())
     # z ~ N(0, 1) of width `total`: h_j has variance total * s^2 = 1 / d, the trained h_i's (synth)
-    extra[content.CONTENT_MAPPER] = (rng.normal(size=(total + 1, d)) / np.sqrt(total * d)).astype(np.float32)
+    mapper = added_scale * rng.normal(size=(total + 1, d)) / np.sqrt(total * d)
+    extra[content.CONTENT_MAPPER] = mapper.astype(np.float32)
     extra[content.CONTENT_FILLED] = np.zeros(0, dtype=np.int64)
     arrays.extra = extra
     manifest.modalities = [{"name": m, "raw_dim": RAW_DIMS[m], "dim": d} for m in RAW_DIMS]
@@ -71,6 +75,12 @@ def write_artifact_with_content(root: Path, seed: int = 0) -> Path:
     path = contract.write_artifact(root, manifest, arrays)
     contract.set_current(root, manifest.model_version)
     return path
+
+
+ADDED_SCALE_HELP = (
+    "scale of the added items' h_i (default 1: the trained items' norm); e.g. 0.3 for a calibrated "
+    "content path, whose added items take the reserved slots rather than win places by score"
+)
 
 
 def batch_body(rng: np.random.Generator, start: int, n: int) -> dict[str, Any]:
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="seconds of py-spy sampling of one worker of A and of B after the rounds (0 = skip)",
     )
+    p.add_argument("--added-scale", type=float, default=1.0, help=ADDED_SCALE_HELP)
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[ApiServer] = []
     try:
         root = work / "artifacts"
-        write_artifact_with_content(root)
+        write_artifact_with_content(root, added_scale=args.added_scale)
         m = contract.read_manifest(root / str(contract.read_current(root)))
         n_users, n_items = m.n_users, m.n_items
         result["artifact"] = {"n_users": n_users, "n_items": n_items, "dim": m.dim, "raw_dims": RAW_DIMS}

@@ -39,7 +39,7 @@ import numpy as np
 
 from artifact import contract
 from benchmarks.serve.common import RESULTS, idle_warning, machine, table, write_result
-from benchmarks.serve.items import AUTH, TOKEN, batch_body, write_artifact_with_content
+from benchmarks.serve.items import ADDED_SCALE_HELP, AUTH, TOKEN, batch_body, write_artifact_with_content
 from benchmarks.serve.load import _prime, run_wrk
 from benchmarks.serve.procs import ApiServer, RedisServer, api_env, cpu_seconds
 
@@ -80,13 +80,17 @@ def after_search(root: Path, added: int, n: int = 3000, rounds: int = 3, seed: i
         for j in range(added)
     }  # fmt: skip
     cp = load_content_path(rec.artifact)
+    slots = {"min_slots": settings.new_items_slots}  # as the service builds its views
     views = {
-        "a": CatalogueView.build(rec, cp, {}, None, None),
-        "b": CatalogueView.build(rec, cp, records, "1-0", None),
+        "a": CatalogueView.build(rec, cp, {}, None, settings.new_items_max_slots, **slots),
+        "b": CatalogueView.build(rec, cp, records, "1-0", settings.new_items_max_slots, **slots),
     }
     users = rng.integers(0, rec.artifact.manifest.n_users, size=n)
     queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)), f"u{u}")
                for u in users]  # fmt: skip
+
+    b_lists = [views["b"].top_k(q, 20, seen)[0] for q, seen, _ in queries[:500]]
+    share = float(np.mean([int((labels >= views["b"].n_base).sum()) for labels in b_lists]))
 
     def one_round(view: CatalogueView, search: bool) -> tuple[float, float]:
         t_search = t_rest = 0.0
@@ -114,7 +118,7 @@ def after_search(root: Path, added: int, n: int = 3000, rounds: int = 3, seed: i
             out[f"search_{name}"].append(t_search)
             out[f"rest_{name}"].append(t_rest)
         out["rest_no_search"].append(one_round(views["a"], False)[1])
-    return {"queries": n, "rounds": rounds, "cpu_ms_per_request": out}
+    return {"queries": n, "rounds": rounds, "added_per_list_b": share, "cpu_ms_per_request": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=int, default=0, help="profiled rounds after the measured ones (0 = none)"
     )
     p.add_argument("--top", type=int, default=15, help="functions listed by B-A difference")
+    p.add_argument("--added-scale", type=float, default=1.0, help=ADDED_SCALE_HELP)
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items_cpu.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -146,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[ApiServer] = []
     try:
         root = work / "artifacts"
-        write_artifact_with_content(root)
+        write_artifact_with_content(root, added_scale=args.added_scale)
         result["after_search"] = after_search(root, args.added)
+        print(f"added items per B list of 20 (500 queries): {result['after_search']['added_per_list_b']:.2f}")
         print(table(["in process, CPU ms/request (rounds)", "values"],
                     [[k, v] for k, v in result["after_search"]["cpu_ms_per_request"].items()]))  # fmt: skip
         m = contract.read_manifest(root / str(contract.read_current(root)))
