@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--top", type=int, default=15, help="functions listed by B-A difference")
     p.add_argument("--added-scale", type=float, default=1.0, help=ADDED_SCALE_HELP)
+    p.add_argument(
+        "--in-process-only", action="store_true", help="only the in-process search A/B (no servers, no wrk)"
+    )
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items_cpu.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -156,75 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"added items per B list of 20 (500 queries): {result['after_search']['added_per_list_b']:.2f}")
         print(table(["in process, CPU ms/request (rounds)", "values"],
                     [[k, v] for k, v in result["after_search"]["cpu_ms_per_request"].items()]))  # fmt: skip
-        m = contract.read_manifest(root / str(contract.read_current(root)))
-        extra = {"ADMIN_TOKEN": TOKEN, "MAX_BODY_BYTES": str(64 << 20), "ITEMS_MAX_BATCH": str(args.batch)}
-
-        def server(prefix: str, name: str) -> ApiServer:
-            env = api_env(root, redis.url, REDIS_PREFIX=prefix, CPUPROF_OUT=str(prof_dir / name), **extra)
-            s = ApiServer(env, work / f"{name}.log", workers=1, app="benchmarks.serve.cpuprof:app")
-            servers.append(s)
-            s.wait_ready(timeout=180)
-            return s
-
-        first = server("items", "put")
-        rng = np.random.default_rng(0)
-        with httpx.Client(timeout=120) as client:
-            for start in range(0, args.added, args.batch):
-                body = batch_body(rng, start, min(args.batch, args.added - start))
-                client.put(first.url + "/items", json=body, headers=AUTH).raise_for_status()
-        first.stop()
-        servers.remove(first)
-        b = server("items", "b")  # replays the log at start, as every replica does
-        a = server("plain", "a")
-        assert httpx.get(f"{b.url}/items/new-{args.added - 1}").status_code == 200
-        for s in (a, b):
-            asyncio.run(_prime(s.url, m.n_users))
-        runs: list[dict[str, Any]] = []
-        dumps: dict[str, list[Path]] = {"a": [], "b": []}
-        for rnd in range(args.rounds + args.profile):
-            profiled = rnd >= args.rounds
-            for name, s in (("a", a), ("b", b)):
-                if profiled:
-                    s.signal(signal.SIGUSR1)
-                cpu0 = cpu_seconds(s.pid)
-                run = run_wrk(s.url, "warm", args.connections, 1, args.duration, m.n_users, m.n_items)
-                cpu = cpu_seconds(s.pid) - cpu0
-                if profiled:
-                    s.signal(signal.SIGUSR2)
-                    dumps[name].append(prof_dir / f"{name}-{len(dumps[name])}.prof")
-                run |= {"server": name, "round": rnd, "profiled": profiled, "cpu_s": round(cpu, 2),
-                        "cpu_ms_per_request": round(1e3 * cpu / max(run["requests"], 1), 4)}  # fmt: skip
-                runs.append(run)
-                print(
-                    f"  {name} round {rnd}: {run['rps']} req/s, {run['cpu_ms_per_request']} CPU ms/req",
-                    flush=True,
-                )
-        result["runs"] = runs
-        rows = [[r["server"], r["round"], r["profiled"], r["requests"], r["rps"], r["latency_ms"]["p99"],
-                 r["cpu_ms_per_request"]] for r in runs]  # fmt: skip
-        print(table(["server", "round", "profiled", "requests", "req/s", "p99 ms", "CPU ms/req"], rows))
-        measured = [r for r in runs if not r["profiled"]]
-        ratios = [round(rb["cpu_ms_per_request"] / ra["cpu_ms_per_request"], 3)
-                  for ra, rb in zip(measured[0::2], measured[1::2], strict=True)]  # fmt: skip
-        result["cpu_b_over_a_by_round"] = ratios
-        result["cpu_b_over_a_median"] = float(np.median(ratios))
-        print("CPU per request B/A by round:", ratios, "median", result["cpu_b_over_a_median"])
-        if args.profile:
-            deadline = time.monotonic() + 30
-            while not all(p.exists() for ps in dumps.values() for p in ps) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            own = {n: _own_ms_per_request(ps, sum(r["requests"] for r in runs if r["server"] == n and r["profiled"]))
-                   for n, ps in dumps.items()}  # fmt: skip
-            keys = sorted(set(own["a"]) | set(own["b"]),
-                          key=lambda k: -abs(own["b"].get(k, 0.0) - own["a"].get(k, 0.0)))[: args.top]  # fmt: skip
-            diff = [[k[:100], round(own["a"].get(k, 0.0), 4), round(own["b"].get(k, 0.0), 4),
-                     round(own["b"].get(k, 0.0) - own["a"].get(k, 0.0), 4)] for k in keys]  # fmt: skip
-            result["profile"] = {
-                "own_cpu_ms_per_request_total": {n: round(sum(v.values()), 4) for n, v in own.items()},
-                "largest_differences": diff,
-            }
-            print(table(["function (own CPU, profiled)", "A ms/req", "B ms/req", "B-A"], diff))
-            print("total own CPU ms/req (profiled):", result["profile"]["own_cpu_ms_per_request_total"])
+        if not args.in_process_only:
+            _served(args, root, work, redis, servers, prof_dir, result)
     finally:
         for s in servers:
             s.stop()
@@ -233,6 +169,87 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("serve_items_cpu", result, args.out)
     print(f"wrote {path}")
     return 0
+
+
+def _served(
+    args: argparse.Namespace,
+    root: Path,
+    work: Path,
+    redis: RedisServer,
+    servers: list[ApiServer],
+    prof_dir: Path,
+    result: dict[str, Any],
+) -> None:
+    """The servers' part: B replays the added items, wrk alternates A and B (CPU s / requests)."""
+    m = contract.read_manifest(root / str(contract.read_current(root)))
+    extra = {"ADMIN_TOKEN": TOKEN, "MAX_BODY_BYTES": str(64 << 20), "ITEMS_MAX_BATCH": str(args.batch)}
+
+    def server(prefix: str, name: str) -> ApiServer:
+        env = api_env(root, redis.url, REDIS_PREFIX=prefix, CPUPROF_OUT=str(prof_dir / name), **extra)
+        s = ApiServer(env, work / f"{name}.log", workers=1, app="benchmarks.serve.cpuprof:app")
+        servers.append(s)
+        s.wait_ready(timeout=180)
+        return s
+
+    first = server("items", "put")
+    rng = np.random.default_rng(0)
+    with httpx.Client(timeout=120) as client:
+        for start in range(0, args.added, args.batch):
+            body = batch_body(rng, start, min(args.batch, args.added - start))
+            client.put(first.url + "/items", json=body, headers=AUTH).raise_for_status()
+    first.stop()
+    servers.remove(first)
+    b = server("items", "b")  # replays the log at start, as every replica does
+    a = server("plain", "a")
+    assert httpx.get(f"{b.url}/items/new-{args.added - 1}").status_code == 200
+    for s in (a, b):
+        asyncio.run(_prime(s.url, m.n_users))
+    runs: list[dict[str, Any]] = []
+    dumps: dict[str, list[Path]] = {"a": [], "b": []}
+    for rnd in range(args.rounds + args.profile):
+        profiled = rnd >= args.rounds
+        for name, s in (("a", a), ("b", b)):
+            if profiled:
+                s.signal(signal.SIGUSR1)
+            cpu0 = cpu_seconds(s.pid)
+            run = run_wrk(s.url, "warm", args.connections, 1, args.duration, m.n_users, m.n_items)
+            cpu = cpu_seconds(s.pid) - cpu0
+            if profiled:
+                s.signal(signal.SIGUSR2)
+                dumps[name].append(prof_dir / f"{name}-{len(dumps[name])}.prof")
+            run |= {"server": name, "round": rnd, "profiled": profiled, "cpu_s": round(cpu, 2),
+                    "cpu_ms_per_request": round(1e3 * cpu / max(run["requests"], 1), 4)}  # fmt: skip
+            runs.append(run)
+            print(
+                f"  {name} round {rnd}: {run['rps']} req/s, {run['cpu_ms_per_request']} CPU ms/req",
+                flush=True,
+            )
+    result["runs"] = runs
+    rows = [[r["server"], r["round"], r["profiled"], r["requests"], r["rps"], r["latency_ms"]["p99"],
+             r["cpu_ms_per_request"]] for r in runs]  # fmt: skip
+    print(table(["server", "round", "profiled", "requests", "req/s", "p99 ms", "CPU ms/req"], rows))
+    measured = [r for r in runs if not r["profiled"]]
+    ratios = [round(rb["cpu_ms_per_request"] / ra["cpu_ms_per_request"], 3)
+              for ra, rb in zip(measured[0::2], measured[1::2], strict=True)]  # fmt: skip
+    result["cpu_b_over_a_by_round"] = ratios
+    result["cpu_b_over_a_median"] = float(np.median(ratios))
+    print("CPU per request B/A by round:", ratios, "median", result["cpu_b_over_a_median"])
+    if args.profile:
+        deadline = time.monotonic() + 30
+        while not all(p.exists() for ps in dumps.values() for p in ps) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        own = {n: _own_ms_per_request(ps, sum(r["requests"] for r in runs if r["server"] == n and r["profiled"]))
+               for n, ps in dumps.items()}  # fmt: skip
+        keys = sorted(set(own["a"]) | set(own["b"]),
+                      key=lambda k: -abs(own["b"].get(k, 0.0) - own["a"].get(k, 0.0)))[: args.top]  # fmt: skip
+        diff = [[k[:100], round(own["a"].get(k, 0.0), 4), round(own["b"].get(k, 0.0), 4),
+                 round(own["b"].get(k, 0.0) - own["a"].get(k, 0.0), 4)] for k in keys]  # fmt: skip
+        result["profile"] = {
+            "own_cpu_ms_per_request_total": {n: round(sum(v.values()), 4) for n, v in own.items()},
+            "largest_differences": diff,
+        }
+        print(table(["function (own CPU, profiled)", "A ms/req", "B ms/req", "B-A"], diff))
+        print("total own CPU ms/req (profiled):", result["profile"]["own_cpu_ms_per_request_total"])
 
 
 if __name__ == "__main__":
