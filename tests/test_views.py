@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.views import default_n_lists, ivf_modality_topk, topk_recall
+from training.views import default_n_lists, flat_modality_topk, ivf_modality_topk, topk_recall
 
 
 def _exact_topk_sets(f_u: np.ndarray, f_i: np.ndarray, k: int) -> list[set[int]]:
@@ -42,6 +42,58 @@ def test_probing_every_cell_is_the_exact_top_k():
             assert set(tops[0][u].tolist()) == exact[u], u
         else:
             assert tops[0][u].tolist() == [-1] * k  # inactive users: no view row
+
+
+def test_flat_faiss_top_k_equals_numpy_and_torch_blocks_for_every_modality():
+    """The CPU default of the exact refresh (FAISS flat search) against a numpy brute force and
+    against model.graph.modality_topk, two modalities of different widths, inactive users."""
+    from model.graph import modality_topk
+
+    rng = np.random.default_rng(4)
+    feats_u = [rng.normal(size=(80, d)).astype(np.float32) for d in (8, 5)]
+    feats_i = [rng.normal(size=(240, d)).astype(np.float32) for d in (8, 5)]
+    active = torch.tensor([u for u in range(80) if u % 9 != 2])
+    k = 7
+    users = [torch.from_numpy(f) for f in feats_u]
+    items = [torch.from_numpy(f) for f in feats_i]
+    flat = flat_modality_topk(users, items, k, active)
+    blocks = modality_topk(users, items, k, active, chunk=16)
+    for m in range(2):
+        exact = _exact_topk_sets(feats_u[m], feats_i[m], k)
+        assert flat[m].dtype == torch.int64 and flat[m].shape == (80, k)
+        for u in range(80):
+            if u in set(active.tolist()):
+                assert set(flat[m][u].tolist()) == exact[u] == set(blocks[m][u].tolist()), (m, u)
+            else:
+                assert flat[m][u].tolist() == blocks[m][u].tolist() == [-1] * k
+    # each modality searched with its own features: swapping them changes the answer
+    swapped = flat_modality_topk(users[::-1], items[::-1], k, active)
+    assert not torch.equal(swapped[0], flat[0])
+
+
+def test_the_exact_refresh_uses_faiss_on_cpu_and_torch_without_it(tiny_data, monkeypatch):
+    import training.trainer as trainer
+    from model.mmssl import MMSSL
+    from training.config import load_config
+    from training.data import load_dataset
+    from training.trainer import TrainingState, model_config_for, refresh_views
+
+    dataset = load_dataset(tiny_data)
+    cfg = load_config(None, [])
+    model_cfg = model_config_for(dataset, cfg.model)
+    torch.manual_seed(0)
+    model = MMSSL(model_cfg)
+    state = TrainingState(dataset, model_cfg, torch.device("cpu"))
+    used: list[str] = []
+    for name in ("flat_modality_topk", "modality_topk"):
+        real = getattr(trainer, name)
+        monkeypatch.setattr(trainer, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    with_faiss = refresh_views(model, state, cfg.train)
+    monkeypatch.setattr(trainer, "faiss_available", lambda: False)
+    without = refresh_views(model, state, cfg.train)
+    assert used == ["flat_modality_topk", "modality_topk"]
+    for a, b in zip(with_faiss.topk_items, without.topk_items, strict=True):
+        assert [set(r) for r in a.tolist()] == [set(r) for r in b.tolist()]
 
 
 def test_ivf_recall_of_the_exact_top_k_on_clustered_features_is_at_least_090():

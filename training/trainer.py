@@ -47,7 +47,7 @@ from model.losses import (
 from training.config import Config, ConfigError, TrainConfig
 from training.data import Dataset
 from training.evaluate import rank_metrics
-from training.views import ivf_modality_topk
+from training.views import faiss_available, flat_modality_topk, ivf_modality_topk
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ class TrainingState:
 def refresh_views(model: MMSSL, state: TrainingState, tc: TrainConfig | None = None) -> ModalityViews | None:
     """Rebuild the Eq. 8 top-k views from the current (dropout-free) modality features.
 
-    The top-k search is ``tc.view_index``'s: exact over all items (also when ``tc`` is None), or
-    the FAISS IVF search of ``training.views``.
+    The top-k search is ``tc.view_index``'s: exact over all items (also when ``tc`` is None; on
+    CPU through FAISS's flat search where faiss is installed, else torch's blocks), or the FAISS
+    IVF search of ``training.views``.
     """
     if not model.modalities:
         return None
@@ -198,6 +199,8 @@ def refresh_views(model: MMSSL, state: TrainingState, tc: TrainConfig | None = N
         tops = ivf_modality_topk(
             feats.users, feats.items, k, state.active_users, tc.view_ivf_lists, tc.view_ivf_probe, tc.seed
         )
+    elif feats.users[0].device.type == "cpu" and faiss_available():
+        tops = flat_modality_topk(feats.users, feats.items, k, state.active_users)
     else:
         tops = modality_topk(feats.users, feats.items, k, state.active_users)
     return views_from_topk(tops, state.n_items)

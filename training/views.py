@@ -88,6 +88,40 @@ def ivf_modality_topk(
     return tops
 
 
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def flat_modality_topk(
+    user_feats: list[Tensor], item_feats: list[Tensor], k: int, active_users: Tensor
+) -> list[Tensor]:
+    """``model.graph.modality_topk`` (exact: every item scored for every active user) through a
+    FAISS flat inner-product search over the normalised features, on CPU. FAISS fuses the
+    blocked product with a running top-k, so the [users x items] scores are never written out
+    and sorted: about a third of the CPU time of the torch blocks (docs/BENCHMARKS.md, "Training
+    speed"). Same result up to float rounding (items with equal cosines may come in another order).
+    """
+    faiss = _import_faiss()
+    faiss.omp_set_num_threads(torch.get_num_threads())  # respect num_threads, as torch does
+    n_users = user_feats[0].shape[0]
+    tops = []
+    for f_u, f_i in zip(user_feats, item_feats, strict=True):
+        items = np.ascontiguousarray(F.normalize(f_i, dim=1).numpy(), dtype=np.float32)
+        queries = np.ascontiguousarray(F.normalize(f_u[active_users], dim=1).numpy(), dtype=np.float32)
+        index = faiss.IndexFlatIP(items.shape[1])
+        index.add(items)
+        _, labels = index.search(queries, k)
+        top = torch.full((n_users, k), -1, dtype=torch.int64)
+        top[active_users] = torch.from_numpy(labels).to(torch.int64)
+        tops.append(top)
+    return tops
+
+
 def topk_recall(approx: Tensor, exact: Tensor) -> float:
     """Mean over rows of |approx row ∩ exact row| / k; rows of -1 (inactive users) are skipped.
 
