@@ -213,15 +213,19 @@ class MMSSL(nn.Module):
 
     def modality_features(self, item_raw: list[Tensor], graph: InteractionGraph) -> ModalityFeatures:
         """Projection (Linear + dropout) and Eq. 2 for every modality."""
-        projected, users, items = [], [], []
-        for name, raw in zip(self.modalities, item_raw, strict=True):
-            fbar = self.feat_dropout(self.project(name, raw))  # (n_items, d)
-            f_u = spmm(graph.user_mean, fbar, graph.user_mean_t)  # sum_{i in N_u} fbar_i / sqrt|N_u|
-            f_i = spmm(graph.item_mean, f_u, graph.item_mean_t)  # sum_{u in N_i} f_u / sqrt|N_i|
-            projected.append(fbar)
-            users.append(f_u)
-            items.append(f_i)
-        return ModalityFeatures(projected, users, items)
+        projected = [
+            self.feat_dropout(self.project(name, raw))  # (n_items, d)
+            for name, raw in zip(self.modalities, item_raw, strict=True)
+        ]
+        if not projected:
+            return ModalityFeatures([], [], [])
+        # The same operators for every modality: one product over the modalities side by side,
+        # (n_items, M d), instead of M (each output column depends on its input column alone).
+        widths = [f.shape[1] for f in projected]
+        stacked = projected[0] if len(projected) == 1 else torch.cat(projected, dim=1)
+        f_u = spmm(graph.user_mean, stacked, graph.user_mean_t)  # sum_{i in N_u} fbar_i / sqrt|N_u|
+        f_i = spmm(graph.item_mean, f_u, graph.item_mean_t)  # sum_{u in N_i} f_u / sqrt|N_i|
+        return ModalityFeatures(projected, list(f_u.split(widths, dim=1)), list(f_i.split(widths, dim=1)))
 
     def forward(
         self,
