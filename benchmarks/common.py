@@ -48,6 +48,15 @@ def add_run_arguments(p: argparse.ArgumentParser, *, seeds: list[int], out: str)
     p.add_argument("overrides", nargs="*", help="extra key=value trainer overrides for every run")
 
 
+def add_ab_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every interleaved A/B of two checkouts takes (``benchmarks.step_ab``,
+    ``benchmarks.epoch_ab``): the two trees, the data, the config and the number of rounds."""
+    p.add_argument("--trees", nargs=2, required=True, metavar=("A", "B"))
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+    p.add_argument("--rounds", type=int, default=2)
+
+
 def per_user_metrics(
     run_dir: Path, data: str | Path, split: str | Path
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit
+from benchmarks.common import add_ab_arguments, emit
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -61,10 +61,7 @@ def run_epochs(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trees", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--data", required=True)
-    p.add_argument("--config")
-    p.add_argument("--rounds", type=int, default=2)
+    add_ab_arguments(p)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--variant", type=parse_variant, action="append", help="NAME=k=v,k=v (repeatable)")
     p.add_argument("--b-only", type=parse_variant, action="append", default=[], help="variants for B alone")

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit
+from benchmarks.common import add_ab_arguments, emit
 
 PHASES = ("forward", "adversarial", "backward")
 
@@ -64,10 +64,7 @@ def run_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trees", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--data", required=True)
-    p.add_argument("--config")
-    p.add_argument("--rounds", type=int, default=2)
+    add_ab_arguments(p)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/step_ab.json"))
     p.add_argument("overrides", nargs="*")
