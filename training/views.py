@@ -103,8 +103,8 @@ def flat_modality_topk(
     """``model.graph.modality_topk`` (exact: every item scored for every active user) through a
     FAISS flat inner-product search over the normalised features, on CPU. FAISS fuses the
     blocked product with a running top-k, so the [users x items] scores are never written out
-    and sorted: about a third of the CPU time of the torch blocks (docs/BENCHMARKS.md, "Training
-    speed"). Same result up to float rounding (items with equal cosines may come in another order).
+    and sorted: about half the refresh's CPU time on TikTok (docs/BENCHMARKS.md, "The view refresh
+    through FAISS"). Same result up to float rounding (items with equal cosines may come in another order).
     """
     faiss = _import_faiss()
     faiss.omp_set_num_threads(torch.get_num_threads())  # respect num_threads, as torch does
