@@ -674,6 +674,8 @@ def sigterm(
     bad = {k: v for k, v in failures.items() if k not in ("refused", "closed_before_response")}
     if bad:
         problems.append(f"failures other than refused / closed-before-response: {bad}")
+    if problems:  # the work directory goes with the test's tmp_path: keep what explains the failure
+        out["logs"] = {"api": dep.api.log_text()[-6000:], "load": load.proc.log_text()[-2000:]}
     return {**out, "problems": problems}
 
 

@@ -145,7 +145,8 @@ class Managed:
         return self.proc.returncode
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # readable after stop() too
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 
@@ -231,8 +232,10 @@ class ApiServer(Managed):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
+        # uvicorn's info lines (worker started / died / shutting down) are what explains a failed
+        # fault scenario; the graceful-shutdown bound is the deployed one (docker/api.Dockerfile)
         argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+                "--workers", str(workers), "--log-level", "info", "--timeout-graceful-shutdown", "20"]  # fmt: skip
         if not access_log:
             argv.append("--no-access-log")
         super().__init__(argv, env, log_path)
