@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from model import MMSSL
 from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
+from training import allocator
 from training.config import load_config
 from training.data import load_dataset
 from training.trainer import (
@@ -46,6 +47,7 @@ class Bench:
     def __init__(self, dataset: Any, cfg: Any, device: torch.device) -> None:
         tc = cfg.train
         self.cfg, self.device = cfg, device
+        allocator.tune()  # as training.trainer.train does
         self.mc = model_config_for(dataset, cfg.model)
         self.state = TrainingState(dataset, self.mc, device)
         torch.manual_seed(tc.seed)

@@ -44,6 +44,7 @@ from model.losses import (
     gumbel_transform,
     l2_penalty,
 )
+from training import allocator
 from training.config import Config, ConfigError, TrainConfig
 from training.data import Dataset
 from training.evaluate import rank_metrics
@@ -456,6 +457,7 @@ def train(
     device = resolve_device(tc.device)
     if device.type == "cpu" and tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
+    allocator.tune()  # keep the step's freed tensors in the heap (training.allocator)
     seed_everything(tc.seed)
     model_config = model_config_for(dataset, cfg.model)
     state = TrainingState(dataset, model_config, device)
