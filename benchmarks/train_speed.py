@@ -24,18 +24,17 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from model import MMSSL
-from model.losses import bpr_loss, cross_modal_info_nce, l2_penalty
 from training import allocator
 from training.config import load_config
 from training.data import load_dataset
 from training.trainer import (
     TrainingState,
     adversarial_step,
-    contrastive_users,
     make_optimizers,
     model_config_for,
     refresh_views,
     resolve_device,
+    step_losses,
     view_refresh_interval,
 )
 
@@ -62,7 +61,7 @@ class Bench:
 
     def step(self) -> tuple[float, float, float]:
         """(forward, adversarial, backward) seconds of one step."""
-        tc, mc, state, model = self.cfg.train, self.mc, self.state, self.model
+        tc, state, model = self.cfg.train, self.state, self.model
         idx = torch.randint(0, state.users.numel(), (tc.batch_size,), generator=self.gen, device=self.device)
         users, pos = state.users[idx], state.items[idx]
         neg = state.sample_negatives(users, self.gen)
@@ -78,20 +77,8 @@ class Bench:
             loss_g, _ = adversarial_step(model, out, state, batch_users, self.opt_d, self.cfg, self.gen)
         self.sync()
         t2 = time.perf_counter()
-        loss = bpr_loss((out.user[users] * out.item[pos]).sum(1), (out.user[users] * out.item[neg]).sum(1))
-        if out.view_users and mc.use_contrastive:
-            cl_users = contrastive_users(batch_users, tc.cl_users, self.gen)
-            cl = sum(
-                cross_modal_info_nce(out.user[cl_users], v[cl_users], tc.cl_temperature)
-                for v in out.view_users
-            )
-            loss = loss + tc.cl_weight * cl / len(out.view_users)
-        loss = loss + tc.g_weight * loss_g
-        loss = loss + tc.l2_weight * l2_penalty(
-            model.user_embedding.weight[users],
-            model.item_embedding.weight[pos],
-            model.item_embedding.weight[neg],
-        )
+        loss_bpr, loss_cl, loss_l2 = step_losses(model, out, users, pos, neg, batch_users, tc, self.gen)
+        loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
         self.opt_model.zero_grad()
         loss.backward()
         self.opt_model.step()

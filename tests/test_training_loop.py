@@ -231,3 +231,43 @@ def test_training_state_builds_the_configured_graph_normalisation() -> None:
     expected = a / np.sqrt(np.maximum(a.sum(1), 1))[:, None]
     np.testing.assert_allclose(_dense(state.graph.user_gnn), expected, rtol=1e-6)
     np.testing.assert_allclose(_dense(state.graph.user_mean), expected, rtol=1e-6)
+
+
+def test_step_gradients_are_bitwise_repeatable_on_two_threads(tmp_path: Path) -> None:
+    """A batch repeats users and items; on several CPU threads the backward of ``x[idx]`` summed the
+    repeated rows in a run-dependent order (two-thread TikTok runs of the same seed drifted apart
+    from the first epoch). ``step_losses`` must give the same gradients every time."""
+    from training.synthetic import write_synthetic
+
+    dataset = load_dataset(write_synthetic(tmp_path / "d", n_users=400, n_items=300, seed=3))
+    cfg = load_config(None, [*FAST_OVERRIDES, "embed_dim=64", "n_heads=4"])
+    state = TrainingState(dataset, model_config_for(dataset, cfg.model), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = MMSSL(model_config_for(dataset, cfg.model))
+    views = trainer.refresh_views(model, state, cfg.train)
+    pick = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, state.users.numel(), (8192,), generator=pick)  # with replacement
+    users, positives = state.users[idx], state.items[idx]
+    negatives = state.sample_negatives(users, pick)
+    assert users.unique().numel() < users.numel() / 10  # many repeats: the case that raced
+
+    def gradients() -> dict[str, torch.Tensor]:
+        torch.manual_seed(5)  # the same dropout masks
+        model.zero_grad(set_to_none=True)
+        out = model(state.graph, state.item_raw, views)
+        bpr, cl, l2 = trainer.step_losses(
+            model, out, users, positives, negatives, users.unique(), cfg.train, torch.Generator().manual_seed(2)
+        )
+        (bpr + cl + l2).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = gradients()
+        again = [gradients() for _ in range(6)]
+    finally:
+        torch.set_num_threads(threads)
+    assert {"user_embedding.weight", "item_embedding.weight"} <= first.keys()
+    for other in again:
+        assert [n for n in first if not torch.equal(first[n], other[n])] == []

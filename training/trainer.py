@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import MMSSL, MMSSLConfig, ModalityViews, build_interaction_graph, views_from_topk
+from model import MMSSL, MMSSLConfig, MMSSLOutput, ModalityViews, build_interaction_graph, views_from_topk
 from model.graph import (
     InteractionGraph,
     ItemGraph,
@@ -415,6 +415,43 @@ def adversarial_step(
     return loss_g, float(loss_d.detach())
 
 
+def step_losses(
+    model: MMSSL,
+    out: MMSSLOutput,
+    users: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    batch_users: Tensor,
+    tc: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(L_BPR, the Eq. 11 InfoNCE averaged over modalities, the L2 term) of one batch.
+
+    Rows are taken with ``index_select``, not ``x[idx]``: the batch repeats users and items, and
+    the backward of ``x[idx]`` (an accumulating ``index_put_``) sums the repeated rows' gradients in
+    an order that changes from run to run on several CPU threads; ``index_add_`` does not.
+    """
+    user_rows = out.user.index_select(0, users)
+    loss_bpr = bpr_loss(
+        (user_rows * out.item.index_select(0, positives)).sum(1),
+        (user_rows * out.item.index_select(0, negatives)).sum(1),
+    )
+    loss_cl = torch.zeros((), device=users.device)
+    if model.config.use_contrastive and out.view_users:
+        cl_users = contrastive_users(batch_users, tc.cl_users, generator)
+        anchor = out.user.index_select(0, cl_users)
+        loss_cl = sum(
+            cross_modal_info_nce(anchor, view.index_select(0, cl_users), tc.cl_temperature)
+            for view in out.view_users
+        ) / len(out.view_users)
+    loss_l2 = l2_penalty(
+        model.user_embedding.weight.index_select(0, users),
+        model.item_embedding.weight.index_select(0, positives),
+        model.item_embedding.weight.index_select(0, negatives),
+    )
+    return loss_bpr, loss_cl, loss_l2
+
+
 def contrastive_users(batch_users: Tensor, n_users: int, generator: torch.Generator) -> Tensor:
     """The batch users of the Eq. 11 InfoNCE: all of them (``n_users`` 0 or at least their
     number), else a uniform sample of ``n_users`` without replacement.  (B,) -> (min(B, N),)"""
@@ -536,21 +573,8 @@ def train(
                 )
                 sums["d"] += loss_d
 
-            loss_bpr = bpr_loss(
-                (out.user[users] * out.item[positives]).sum(1),
-                (out.user[users] * out.item[negatives]).sum(1),
-            )
-            loss_cl = torch.zeros((), device=device)
-            if model_config.use_contrastive and out.view_users:
-                cl_users = contrastive_users(batch_users, tc.cl_users, sampler)
-                loss_cl = sum(
-                    cross_modal_info_nce(out.user[cl_users], view[cl_users], tc.cl_temperature)
-                    for view in out.view_users
-                ) / len(out.view_users)
-            loss_l2 = l2_penalty(
-                model.user_embedding.weight[users],
-                model.item_embedding.weight[positives],
-                model.item_embedding.weight[negatives],
+            loss_bpr, loss_cl, loss_l2 = step_losses(
+                model, out, users, positives, negatives, batch_users, tc, sampler
             )
             loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
             opt_model.zero_grad(set_to_none=True)
