@@ -255,8 +255,9 @@ def test_step_gradients_are_bitwise_repeatable_on_two_threads(tmp_path: Path) ->
         torch.manual_seed(5)  # the same dropout masks
         model.zero_grad(set_to_none=True)
         out = model(state.graph, state.item_raw, views)
+        generator = torch.Generator().manual_seed(2)
         bpr, cl, l2 = trainer.step_losses(
-            model, out, users, positives, negatives, users.unique(), cfg.train, torch.Generator().manual_seed(2)
+            model, out, users, positives, negatives, users.unique(), cfg.train, generator
         )
         (bpr + cl + l2).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
