@@ -146,6 +146,15 @@ def deploy(
         redis.stop()
 
 
+def _log_tails(dep: Deployment, load: Load) -> dict[str, str]:
+    """The ends of the API's, the worker's and the load's logs, for a scenario that found a problem:
+    its work directory goes with the test's tmp_path, so the result keeps what explains it."""
+    logs = {"api": dep.api.log_text()[-6000:], "load": load.proc.log_text()[-2000:]}
+    if dep.worker is not None:
+        logs["worker"] = dep.worker.log_text()[-4000:]
+    return logs
+
+
 class Load:
     """``benchmarks.serve.loadgen`` as a separate process; ``stop()`` returns its counts."""
 
@@ -534,6 +543,8 @@ def redis_killed_during_retrain(
         )
     if second.get("state") != "finished":
         problems.append(f"the next retrain did not finish: {second}")
+    if problems:
+        out["logs"] = _log_tails(dep, load)
     return {**out, "problems": problems}
 
 
@@ -674,8 +685,8 @@ def sigterm(
     bad = {k: v for k, v in failures.items() if k not in ("refused", "closed_before_response")}
     if bad:
         problems.append(f"failures other than refused / closed-before-response: {bad}")
-    if problems:  # the work directory goes with the test's tmp_path: keep what explains the failure
-        out["logs"] = {"api": dep.api.log_text()[-6000:], "load": load.proc.log_text()[-2000:]}
+    if problems:
+        out["logs"] = _log_tails(dep, load)
     return {**out, "problems": problems}
 
 
