@@ -1,16 +1,18 @@
 """glibc malloc settings for the training process: keep freed memory instead of returning it.
 
 A training step allocates and frees the same large tensors every step (the attention's
-(U + I, M, d) intermediates, the |I|-wide discriminator rows, the InfoNCE logits: 1-50 MB each).
-glibc's defaults hand such blocks back to the kernel (mmap'd blocks above a threshold, and the top
-of the heap above a trim threshold), so the next step takes a page fault on every 4 KiB it touches
-again. On this project's 2-core machines that was a fifth of the step's CPU time in the profile
-(``aten::fill_`` of fresh gradients, docs/BENCHMARKS.md "glibc malloc settings"). ``tune()`` raises
-both thresholds once per process, so those blocks stay in the heap and are reused.
+(U + I, M, d) intermediates, the |I|-wide discriminator rows, the InfoNCE logits: several MB
+each at TikTok's size). glibc's defaults hand such blocks back to the kernel (mmap'd blocks above
+a threshold, and the top of the heap above a trim threshold), so the next step takes a page fault
+on every 4 KiB it touches again. In the TikTok profile ``aten::fill_`` of fresh gradients was a
+quarter of the step's CPU time (docs/BENCHMARKS.md, "Idle machine, glibc's malloc settings,
+two-thread determinism"). ``tune()`` raises both thresholds once per process, so those blocks
+stay in the heap and are reused. Blocks above 32 MiB (glibc's largest mmap threshold) are still
+mapped each time.
 
 The cost is resident memory: up to ``TRIM_THRESHOLD`` bytes of freed heap can stay mapped.
-A user who sets any of glibc's ``MALLOC_*_`` tunables in the environment keeps them: ``tune()``
-then changes nothing. Elsewhere than glibc (macOS, musl) it does nothing either.
+A user who sets one of the same settings in the environment (``ENV_TUNABLES``) keeps their own:
+``tune()`` then changes nothing. Elsewhere than glibc (macOS, musl) it does nothing either.
 """
 
 from __future__ import annotations
