@@ -9,8 +9,12 @@ arrays) that is replaced by one reference assignment, so a search never sees hal
   appended, built before any search sees it and never changed after: one search per request. Over
   an approximate one (IVF, HNSW), and for lists beyond ``NEW_ITEMS_MAX_SLOTS`` or short of
   ``NEW_ITEMS_SLOTS``, the added items
-  live in a small exact side index searched beside the artifact's and merged by score. No index
+  live in a side index searched beside the artifact's and merged by score. No index
   being searched is ever added to;
+* both are exact (flat) while at most ``ADDED_ITEMS_EXACT_MAX`` items are added; beyond, they are
+  ``service.index``'s ``pq`` kind (a 4-bit shortlist re-ranked by exact inner products: the scores
+  stay exact, a rare miss of the shortlist costs an item its place), since an exact scan reads every
+  vector and 10,000 added items made each request scan 2.5 times the model's catalogue;
 * unavailable items (of either kind) are excluded from every result: ``/recommend`` (all paths,
   the popularity fallback included) and ``/items/{id}/similar``;
 * item indices of a view run over the artifact's items (0..n-1) and then the added ones (n..), so
@@ -52,7 +56,7 @@ from artifact import contract
 from artifact.content import ContentPath, load_content_path
 from artifact.contract import Artifact, ArtifactError
 from service.errors import StoreUnavailableError, limit_exceeded
-from service.index import build_index
+from service.index import PQ_MIN_ITEMS, IndexConfig, build_index
 from service.itemlog import ItemChange, ItemLog
 from service.metrics import Metrics
 from service.model_manager import ModelManager
@@ -111,10 +115,16 @@ class CatalogueView:
         combined: SearchSpace | None = None,
         *,
         min_slots: int = 0,
+        exact_max: int | None = None,
+        refine: int = 8,
     ) -> None:
         """``combined``: the previous view's search space, when the item vectors are unchanged.
-        ``min_slots`` / ``max_slots``: the fewest / most added items one list holds (see top_k)."""
+        ``min_slots`` / ``max_slots``: the fewest / most added items one list holds (see top_k).
+        ``exact_max``: most added items searched exactly (None: no bound); beyond, the indexes over
+        them are kind ``pq`` with ``refine`` x k candidates re-ranked exactly."""
         self.rec = rec
+        self.exact_max = exact_max
+        self.refine = refine
         self.content = content
         self.records = records  # the Catalogue's records this view was built from
         self.artifact = rec.artifact
@@ -144,7 +154,7 @@ class CatalogueView:
         # (IVF, HNSW: large catalogues, slow to rebuild per batch) keep the side index instead.
         self.space: SearchSpace | None = None
         if new_ids and rec.index.exact and rec.index.kind == "flat":
-            self.space = combined if combined is not None else self._combined_space(rec, new_vectors)
+            self.space = combined if combined is not None else self._combined_space(new_vectors)
         self.unavailable_mask = np.concatenate((self.unavailable_base_mask, ~new_available))
         self.n_unavailable = self.n_unavailable_base + int(new_available.size - self.n_new_available)
         self.features_position = features_position
@@ -168,6 +178,8 @@ class CatalogueView:
         max_slots: int | None,
         *,
         min_slots: int = 0,
+        exact_max: int | None = None,
+        refine: int = 8,
     ) -> CatalogueView:
         """The overlay from scratch on ``rec`` (at start and on a model swap)."""
         base_available = np.ones(rec.n_items, dtype=bool)
@@ -204,6 +216,8 @@ class CatalogueView:
             features_position,
             max_slots,
             min_slots=min_slots,
+            exact_max=exact_max,
+            refine=refine,
         )
 
     @staticmethod
@@ -211,17 +225,29 @@ class CatalogueView:
         names = rec.artifact.manifest.modality_names
         return np.zeros((0, rec.dim), np.float32), {m: np.zeros((0, rec.dim), np.float32) for m in names}
 
-    @staticmethod
-    def _combined_space(rec: Recommender, new_vectors: np.ndarray) -> SearchSpace:
+    def _index_config(self, n_vectors: int, base: IndexConfig) -> IndexConfig:
+        """How to index ``n_vectors`` that include this view's added items: as ``base`` (flat) up
+        to ``exact_max`` added items, kind ``pq`` beyond (when there are enough vectors to train)."""
+        if self.exact_max is None or len(self.new_ids) <= self.exact_max or n_vectors < PQ_MIN_ITEMS:
+            return base
+        return dataclasses.replace(base, kind="pq", pq_refine=self.refine)
+
+    def _combined_space(self, new_vectors: np.ndarray) -> SearchSpace:
+        rec = self.rec
         vectors = np.concatenate((rec.space.item_embeddings, np.asarray(new_vectors, dtype=np.float32)))
-        return SearchSpace(build_index(vectors, rec.index.config), vectors, vectors.shape[0])
+        config = self._index_config(vectors.shape[0], rec.index.config)
+        return SearchSpace(build_index(vectors, config), vectors, vectors.shape[0])
 
     @functools.cached_property
     def _side_index(self) -> Any:
-        """Exact inner product over the added items' h_i alone (FAISS single-threaded like the main
-        index; numpy's matrix-vector product went through a multi-threaded BLAS at 40x the cost on 2
-        busy cores). Built on first use, by the first request that needs it (two threads may each
-        build one: each is private until stored, and never changed after)."""
+        """Inner product over the added items' h_i alone: exact (flat), or kind ``pq`` beyond
+        ``exact_max`` added items (FAISS single-threaded like the main index; numpy's
+        matrix-vector product went through a multi-threaded BLAS at 40x the cost on 2 busy cores).
+        Built on first use, by the first request that needs it (two threads may each build one:
+        each is private until stored, and never changed after)."""
+        config = self._index_config(len(self.new_ids), IndexConfig(kind="flat", use_gpu=False))
+        if config.kind == "pq":
+            return build_index(self.new_vectors, config).index
         side = faiss.IndexFlatIP(self.dim)
         if self.new_ids:
             side.add(np.ascontiguousarray(self.new_vectors, dtype=np.float32))
@@ -290,6 +316,8 @@ class CatalogueView:
             self.max_slots,
             self.space if vectors is self.new_vectors else None,
             min_slots=self.min_slots,
+            exact_max=self.exact_max,
+            refine=self.refine,
         )
 
     # ---------------------------------------------------------------- ids
@@ -626,6 +654,8 @@ class Catalogue:
             features_position,
             self.settings.new_items_max_slots,
             min_slots=self.settings.new_items_slots,
+            exact_max=self.settings.added_items_exact_max,
+            refine=self.settings.added_items_refine,
         )
 
     def _prepare(self, rec: Recommender) -> Callable[[], None]:

@@ -157,6 +157,22 @@ class Settings(BaseSettings):
         description="Most items added through the API in one result list; unset = no bound.",
     )
 
+    added_items_exact_max: int = Field(
+        default=2000,
+        ge=0,
+        description=(
+            "Most items added through the API that are searched exactly (flat index); beyond it, the "
+            "model's and the added items are searched through a 4-bit PQ shortlist re-ranked by "
+            "exact inner products (service.index, kind pq)."
+        ),
+    )
+    added_items_refine: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Beyond ADDED_ITEMS_EXACT_MAX: candidates re-ranked exactly per result asked for.",
+    )
+
     log_level: str = Field(default="INFO", description="Root log level.")
 
     @field_validator("redis_url")

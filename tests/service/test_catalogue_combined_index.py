@@ -1,6 +1,7 @@
 """The combined search space of a CatalogueView: the artifact's items and those added through the
 API in one exact FAISS index, searched once per request. Checked against numpy over the same
-vectors (float64), item ids included, not only scores."""
+vectors (float64), item ids included, not only scores. Beyond ADDED_ITEMS_EXACT_MAX added items the
+index is a pq shortlist re-ranked exactly: its scores against numpy, its lists by recall."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 import svc_artifacts
@@ -231,3 +233,83 @@ def test_item_ids_of_mixed_indices_match_an_independent_id_list(setup: Any) -> N
     assert view.item_ids(labels) == [ids[i] for i in labels]
     plain = CatalogueView.build(rec, content, {}, None, None)
     assert plain.item_ids(np.array([5, 1])) == [ids[5], ids[1]]
+
+
+# ------------------------------------------------------------------ beyond ADDED_ITEMS_EXACT_MAX
+
+N_MANY = 1500  # with the artifact's 120: enough vectors for a pq index (service.index.PQ_MIN_ITEMS)
+
+
+@pytest.fixture
+def many(setup: Any) -> tuple[Recommender, Any, dict[str, ItemRecord], np.random.Generator]:
+    rec, content, records, rng = setup
+    more = {f"m{j}": ItemRecord(bool(rng.random() > 0.2), _features(rng), "2-0") for j in range(N_MANY)}
+    return rec, content, records | more, rng
+
+
+def _recall_and_exact_scores(
+    view: CatalogueView, rng: np.random.Generator, trials: int, min_slots: int = 0
+) -> float:
+    """Mean share of the numpy reference's list that ``top_k`` returns; on the way, every returned
+    score must be the exact inner product of its item, in order, and no hidden item may appear."""
+    vectors = np.concatenate([view.artifact.arrays.item_embeddings, view.new_vectors]).astype(np.float64)
+    shown = np.concatenate([view.base_available, view.new_available])
+    hits = total = 0
+    for _ in range(trials):
+        q = rng.normal(size=view.dim).astype(np.float32)
+        exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
+        k = int(rng.integers(5, 60))
+        labels, scores = view.top_k(q, k, exclude)
+        want, _ = _reference(view, q, k, exclude, None, min_slots)
+        assert labels.size == want.size and np.unique(labels).size == labels.size
+        np.testing.assert_allclose(scores, vectors[labels] @ q.astype(np.float64), rtol=1e-4, atol=1e-4)
+        assert np.all(np.diff(scores) <= 1e-6)
+        assert shown[labels].all() and not np.isin(labels, exclude).any()
+        assert int((labels >= view.n_base).sum()) >= min(min_slots, k)
+        hits += len(set(labels.tolist()) & set(want.tolist()))
+        total += want.size
+    return hits / total
+
+
+def test_many_added_items_go_through_a_pq_shortlist_with_exact_scores(many: Any) -> None:
+    rec, content, records, rng = many
+    exact = CatalogueView.build(rec, content, records, "2-0", None, exact_max=None)
+    assert exact.space is not None and exact.space.index.kind == "flat"
+    view = CatalogueView.build(rec, content, records, "2-0", None, exact_max=100, refine=8)
+    assert view.space is not None and view.space.index.kind == "pq" and not view.space.index.exact
+    assert view.space.n_items == view.n_items == 120 + N_ADDED + N_MANY
+    before = rec.exact_searches
+    deep = _recall_and_exact_scores(view, rng, trials=80)
+    # one candidate per result (no re-ranking depth) misses more: the refine setting is applied
+    shallow = CatalogueView.build(rec, content, records, "2-0", None, exact_max=100, refine=1)
+    assert deep >= 0.995 and _recall_and_exact_scores(shallow, rng, trials=80) < deep
+    assert rec.exact_searches == before  # answered by the index, not by the numpy fallback
+
+
+def test_reserved_slots_over_a_pq_side_index(many: Any) -> None:
+    rec, content, records, rng = many
+    built = CatalogueView.build(rec, content, records, "2-0", None, min_slots=2, exact_max=100)
+    # added items scaled down: the reserved slots come from the side index, which is pq as well
+    view = CatalogueView(
+        rec, content, built.records, built.base_available, built.new_ids, 0.05 * built.new_vectors,
+        built.new_modality, built.new_available, "2-0", None, min_slots=2, exact_max=100,
+    )  # fmt: skip
+    assert _recall_and_exact_scores(view, rng, trials=60, min_slots=2) >= 0.97
+    assert isinstance(view.__dict__["_side_index"], faiss.IndexRefineFlat)
+    # a small side (exact_max not exceeded) stays exact
+    small = CatalogueView(
+        rec, content, built.records, built.base_available, built.new_ids, 0.05 * built.new_vectors,
+        built.new_modality, built.new_available, "2-0", None, min_slots=2, exact_max=10_000,
+    )  # fmt: skip
+    _check(small, rng, trials=20, min_slots=2)
+    assert isinstance(small.__dict__["_side_index"], faiss.IndexFlatIP)
+
+
+def test_apply_carries_the_exact_bound_into_the_next_view(many: Any) -> None:
+    rec, content, records, rng = many
+    view = CatalogueView.build(rec, content, records, "2-0", None, exact_max=100, refine=4)
+    batch = {"late": ItemRecord(True, _features(rng), "3-0")}
+    nxt = view.apply(list(batch), records | batch, "3-0")
+    assert (nxt.exact_max, nxt.refine) == (100, 4)
+    assert nxt.space is not None and nxt.space.index.kind == "pq"
+    assert nxt.space.index.index.k_factor == 4

@@ -603,3 +603,27 @@ def test_retrain_spec_leaves_out_features_the_serving_model_cannot_take(
     assert items["item_ids"] == ["old-width", "new-width"]
     assert items["has_features"] == [False, True]
     assert {m: e["shape"] for m, e in items["features"].items()} == {m: [1, d] for m, d in wider.items()}
+
+
+def test_beyond_added_items_exact_max_the_service_still_ranks_added_items_exactly_scored(
+    make_client: Callable[..., TestClient], content_artifact: Any
+) -> None:
+    """ADDED_ITEMS_EXACT_MAX reaches the catalogue: past it, the served index is the pq shortlist;
+    an added item made to match a user's taste tops that user's list and its own neighbours, with
+    its exact score, and an unavailable one never comes back."""
+    artifact, planted = content_artifact
+    client = make_client(admin_token=TOKEN, items_max_batch=1000, added_items_exact_max=50)
+    rng = np.random.default_rng(5)
+    h_u = artifact.arrays.user_embeddings[5].astype(np.float64)
+    scale = 3.0 * np.linalg.norm(artifact.arrays.item_embeddings, axis=1).max() / np.linalg.norm(h_u)
+    taste = _taste_features(scale * h_u, planted)
+    items = [_body(f"bulk-{j}", _features(rng)) for j in range(998)]
+    items += [_body("taste", taste), _body("hidden", _taste_features(2 * scale * h_u, planted), False)]
+    assert _put(client, items).status_code == 200
+    view = client.app.state.mmssl.runtime.catalogue.require()  # type: ignore[attr-defined]
+    assert view.space is not None and view.space.index.kind == "pq"
+    body = client.post("/recommend", json={"user_id": "u5", "k": 10}).json()
+    assert _ids(body)[0] == "taste" and "hidden" not in _ids(body)
+    np.testing.assert_allclose(body["items"][0]["score"], _h(taste, planted) @ h_u, rtol=1e-4)
+    similar = client.post("/items/taste/similar", json={"k": 5}).json()
+    assert "taste" not in _ids(similar) and "hidden" not in _ids(similar) and len(_ids(similar)) == 5
