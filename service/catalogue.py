@@ -117,8 +117,12 @@ class CatalogueView:
         min_slots: int = 0,
         exact_max: int | None = None,
         refine: int = 8,
+        like: SearchSpace | None = None,
+        side_index: Any = None,
     ) -> None:
-        """``combined``: the previous view's search space, when the item vectors are unchanged.
+        """``combined``: the previous view's search space, when the item vectors are unchanged
+        (``side_index``: its side index, if built); ``like``: the previous view's space when they
+        changed (a pq index reuses its training).
         ``min_slots`` / ``max_slots``: the fewest / most added items one list holds (see top_k).
         ``exact_max``: most added items searched exactly (None: no bound); beyond, the indexes over
         them are kind ``pq`` with ``refine`` x k candidates re-ranked exactly."""
@@ -154,10 +158,14 @@ class CatalogueView:
         # (IVF, HNSW: large catalogues, slow to rebuild per batch) keep the side index instead.
         self.space: SearchSpace | None = None
         if new_ids and rec.index.exact and rec.index.kind == "flat":
-            self.space = combined if combined is not None else self._combined_space(new_vectors)
+            self.space = combined if combined is not None else self._combined_space(new_vectors, like)
         self.unavailable_mask = np.concatenate((self.unavailable_base_mask, ~new_available))
         self.n_unavailable = self.n_unavailable_base + int(new_available.size - self.n_new_available)
         self.features_position = features_position
+        if side_index is not None:
+            self.__dict__["_side_index"] = side_index
+        elif self.space is not None and self.space.index.kind == "pq":
+            _ = self._side_index  # built here, off the request path (its first query paid ~0.4 s)
         self.max_slots = max_slots
         self.min_slots = min_slots
         # Cached user vectors depend on the added items' features: scope them by the log position
@@ -232,11 +240,12 @@ class CatalogueView:
             return base
         return dataclasses.replace(base, kind="pq", pq_refine=self.refine)
 
-    def _combined_space(self, new_vectors: np.ndarray) -> SearchSpace:
+    def _combined_space(self, new_vectors: np.ndarray, like: SearchSpace | None) -> SearchSpace:
         rec = self.rec
         vectors = np.concatenate((rec.space.item_embeddings, np.asarray(new_vectors, dtype=np.float32)))
         config = self._index_config(vectors.shape[0], rec.index.config)
-        return SearchSpace(build_index(vectors, config), vectors, vectors.shape[0])
+        index = build_index(vectors, config, like=like.index if like is not None else None)
+        return SearchSpace(index, vectors, vectors.shape[0])
 
     @functools.cached_property
     def _side_index(self) -> Any:
@@ -246,8 +255,9 @@ class CatalogueView:
         Built on first use, by the first request that needs it (two threads may each build one:
         each is private until stored, and never changed after)."""
         config = self._index_config(len(self.new_ids), IndexConfig(kind="flat", use_gpu=False))
-        if config.kind == "pq":
-            return build_index(self.new_vectors, config).index
+        if config.kind == "pq":  # trained like the combined index, when there is one
+            like = self.space.index if self.space is not None else None
+            return build_index(self.new_vectors, config, like=like).index
         side = faiss.IndexFlatIP(self.dim)
         if self.new_ids:
             side.add(np.ascontiguousarray(self.new_vectors, dtype=np.float32))
@@ -318,6 +328,8 @@ class CatalogueView:
             min_slots=self.min_slots,
             exact_max=self.exact_max,
             refine=self.refine,
+            like=self.space,
+            side_index=self.__dict__.get("_side_index") if vectors is self.new_vectors else None,
         )
 
     # ---------------------------------------------------------------- ids

@@ -131,7 +131,9 @@ def share_of_added(url: str, n_users: int, n: int = 300, seed: int = 1) -> float
 
 def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
     """Per-query cost of top-K without and with ``added`` items (one FAISS thread, as served),
-    interleaved ``rounds`` times: the model's index alone, the side index alone, the whole merge."""
+    interleaved ``rounds`` times: the model's index alone, the side index alone, the whole merge.
+    With the service's default settings (beyond ADDED_ITEMS_EXACT_MAX the index is the pq
+    shortlist), also the same top-K over an exact index and the served lists' recall@20 of it."""
     import faiss
 
     from artifact.content import load_content_path
@@ -150,10 +152,13 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         for j in range(added)
     }
     cp = load_content_path(rec.artifact)
-    plain = CatalogueView.build(rec, cp, {}, None, None)
+    plain = CatalogueView.build(rec, cp, {}, None, None, min_slots=settings.new_items_slots)
+    bound = {"exact_max": settings.added_items_exact_max, "refine": settings.added_items_refine}
+    slots = {"min_slots": settings.new_items_slots}  # as the service builds its views
     started = time.perf_counter()
-    with_added = CatalogueView.build(rec, cp, records, "1-0", None)
+    with_added = CatalogueView.build(rec, cp, records, "1-0", None, **bound, **slots)
     build_s = time.perf_counter() - started
+    exact = CatalogueView.build(rec, cp, records, "1-0", None, **slots)  # no bound: one flat index
     users = rng.integers(0, rec.artifact.manifest.n_users, size=n)
     queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)))
                for u in users]  # fmt: skip
@@ -169,6 +174,7 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         "top_k_with": [],
         "model_index_search": [],
         "side_index_search": [],
+        "top_k_with_exact_index": [],
     }
     for _ in range(rounds):
         out["top_k_without"].append(per_query_ms(lambda q, seen: plain.top_k(q, 20, seen)))
@@ -177,7 +183,15 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         out["side_index_search"].append(
             per_query_ms(lambda q, seen: with_added._side_index.search(q.reshape(1, -1), 20))
         )
+        out["top_k_with_exact_index"].append(per_query_ms(lambda q, seen: exact.top_k(q, 20, seen)))
+    hits = sum(
+        len(set(with_added.top_k(q, 20, seen)[0].tolist()) & set(exact.top_k(q, 20, seen)[0].tolist()))
+        for q, seen in queries
+    )
+    assert with_added.space is not None and exact.space is not None
     return {"queries": n, "rounds": rounds, "build_view_s": round(build_s, 3),
+            "index_with_added": with_added.space.index.kind, "settings": bound,
+            "recall_at_20_vs_exact_index": round(hits / (20 * n), 5),
             "ms_per_query": {k: [round(v, 4) for v in vals] for k, vals in out.items()}}  # fmt: skip
 
 

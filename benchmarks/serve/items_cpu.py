@@ -80,7 +80,11 @@ def after_search(root: Path, added: int, n: int = 3000, rounds: int = 3, seed: i
         for j in range(added)
     }  # fmt: skip
     cp = load_content_path(rec.artifact)
-    slots = {"min_slots": settings.new_items_slots}  # as the service builds its views
+    slots = {  # as the service builds its views
+        "min_slots": settings.new_items_slots,
+        "exact_max": settings.added_items_exact_max,
+        "refine": settings.added_items_refine,
+    }
     views = {
         "a": CatalogueView.build(rec, cp, {}, None, settings.new_items_max_slots, **slots),
         "b": CatalogueView.build(rec, cp, records, "1-0", settings.new_items_max_slots, **slots),
