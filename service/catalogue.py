@@ -254,7 +254,8 @@ class CatalogueView:
         matrix-vector product went through a multi-threaded BLAS at 40x the cost on 2 busy cores).
         Built on first use, by the first request that needs it (two threads may each build one:
         each is private until stored, and never changed after)."""
-        config = self._index_config(len(self.new_ids), IndexConfig(kind="flat", use_gpu=False))
+        flat = dataclasses.replace(self.rec.index.config, kind="flat", use_gpu=False)
+        config = self._index_config(len(self.new_ids), flat)
         if config.kind == "pq":  # trained like the combined index, when there is one
             like = self.space.index if self.space is not None else None
             return build_index(self.new_vectors, config, like=like).index

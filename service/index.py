@@ -37,6 +37,7 @@ class IndexConfig:
     hnsw_ef_search: int = 128
     pq_refine: int = 8  # kind pq: candidates re-ranked exactly per result asked for (k_factor)
     use_gpu: bool = True
+    threads: int = 0  # OpenMP threads of the building thread's FAISS calls (FAISS_THREADS); 0: as set
 
 
 class ItemIndex:
@@ -101,6 +102,12 @@ def build_index(item_embeddings: np.ndarray, config: IndexConfig, like: ItemInde
     xb = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     n, d = xb.shape
     kind = config.kind
+    if config.threads:
+        # OpenMP's thread count is per thread: FAISS in a worker thread (asyncio.to_thread, the model
+        # loader) otherwise used every core, and two replicas' pq trainings spinning on 2 cores made
+        # a 1,000-item PUT take 12 s instead of 0.3 (benchmarks.serve.items). Searches made later
+        # from this thread keep the setting too.
+        faiss.omp_set_num_threads(config.threads)
     trained_on = n
     index: Any
     if kind == "flat":

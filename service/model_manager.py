@@ -40,6 +40,7 @@ def index_config(settings: Settings) -> IndexConfig:
         hnsw_ef_construction=settings.hnsw_ef_construction,
         hnsw_ef_search=settings.hnsw_ef_search,
         use_gpu=settings.faiss_use_gpu,
+        threads=settings.faiss_threads,
     )
 
 

@@ -51,7 +51,7 @@ def test_exact_fallback_beyond_overfetch_cap_equals_brute_force(artifact_path: P
     assert labels.tolist() == _brute_force(rec.artifact.arrays.item_embeddings, query, 15, exclude).tolist()
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "pq"])
 def test_approximate_indexes_find_the_true_neighbours(tmp_path: Path, kind: str) -> None:
     path = svc_artifacts.write(tmp_path, n_items=2000, dim=16, seed=3)
     rec = _recommender(path, kind=kind)
@@ -64,7 +64,53 @@ def test_approximate_indexes_find_the_true_neighbours(tmp_path: Path, kind: str)
         assert len(labels) == 10 and len(set(labels.tolist())) == 10
         truth = _brute_force(rec.artifact.arrays.item_embeddings, query, 10, np.array([], dtype=np.int64))
         hits += len(set(labels.tolist()) & set(truth.tolist()))
-    assert hits / 200 >= 0.8  # IVF probes 16 of ~44 lists; HNSW is near exact at this size
+    assert hits / 200 >= 0.8  # IVF probes 16 of ~44 lists; HNSW and pq are near exact at this size
+
+
+def test_pq_index_scores_exactly_and_refuses_too_few_vectors(tmp_path: Path) -> None:
+    """pq: a shortlist re-ranked by exact inner products, so every score is the exact one and
+    k = every item returns them all; below PQ_MIN_ITEMS vectors there is too little to train on."""
+    from service.index import PQ_MIN_ITEMS
+
+    x = np.random.default_rng(5).normal(size=(PQ_MIN_ITEMS, 16)).astype(np.float32)
+    index = build_index(x, IndexConfig(kind="pq", use_gpu=False, pq_refine=3))
+    assert index.index.k_factor == 3 and index.trained_on == PQ_MIN_ITEMS and not index.exact
+    q = np.random.default_rng(6).normal(size=16).astype(np.float32)
+    for k in (1, 20, PQ_MIN_ITEMS):
+        scores, labels = index.search(q, k)
+        assert labels.size == k and np.unique(labels).size == k
+        np.testing.assert_allclose(scores, x[labels] @ q, rtol=1e-5, atol=1e-5)
+        assert np.all(np.diff(scores) <= 1e-6)
+    with pytest.raises(ValueError, match="at least"):
+        build_index(x[:-1], IndexConfig(kind="pq", use_gpu=False))
+
+
+def test_builds_in_a_worker_thread_use_the_configured_faiss_threads(tmp_path: Path) -> None:
+    """OpenMP's thread count is per thread: an index built in a fresh thread (asyncio.to_thread,
+    as the model loader and the catalogue do) must use FAISS_THREADS, not every core."""
+    import threading
+
+    import faiss
+
+    from service.model_manager import index_config
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, artifact_root=tmp_path, faiss_threads=1, faiss_use_gpu=False)  # type: ignore[call-arg]
+    config = index_config(settings)
+    assert config.threads == 1
+    seen: dict[str, int] = {}
+
+    def build(name: str, cfg: IndexConfig) -> None:
+        seen[name + "_before"] = faiss.omp_get_max_threads()
+        build_index(np.eye(4, dtype=np.float32), cfg)
+        seen[name] = faiss.omp_get_max_threads()
+
+    for name, cfg in (("configured", config), ("unset", IndexConfig(use_gpu=False))):
+        t = threading.Thread(target=build, args=(name, cfg))
+        t.start()
+        t.join()
+    assert seen["configured"] == 1
+    assert seen["unset"] == seen["unset_before"]  # threads 0 leaves the thread's own setting
 
 
 def test_gpu_requested_without_gpu_falls_back_to_cpu(
