@@ -271,13 +271,18 @@ def main(argv: list[str] | None = None) -> int:
                 pids = s.worker_pids()
                 cpu0 = [cpu_seconds(pid) for pid in pids]
                 run = run_wrk(s.url, "warm", args.connections, 1, args.duration, n_users, n_items)
-                cpu = sum(cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True))
+                per_worker = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+                cpu = sum(per_worker)
                 run["api_cpu_ms_per_request"] = round(1e3 * cpu / max(run["requests"], 1), 3)
+                # how the connections spread: 1/workers when even, 1.0 when one worker served all
+                run["busiest_worker_cpu_share"] = round(max(per_worker) / cpu, 3) if cpu > 0 else None
                 runs.append(run | {"server": label, "round": rnd})
         result["warm"] = runs
         rows = [[r["server"], r["round"], r["rps"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
-                 r["api_cpu_ms_per_request"], r["error_total"]] for r in runs]  # fmt: skip
-        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "API CPU ms/req", "errors"], rows))
+                 r["api_cpu_ms_per_request"], r["busiest_worker_cpu_share"], r["error_total"]]
+                for r in runs]  # fmt: skip
+        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "API CPU ms/req", "busiest worker CPU share",
+                     "errors"], rows))  # fmt: skip
         if args.profile:
             # py-spy on one worker of each during a warm run of its own (after the measured rounds)
             result["profile"] = {
