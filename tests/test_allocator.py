@@ -74,3 +74,80 @@ def test_a_users_own_malloc_tunables_are_left_alone() -> None:
     assert r["tuned"] is False
     r = run("tune", 10, GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
     assert r["tuned"] is False
+
+
+# ------------------------------------------------------------------ transparent huge pages
+
+THP_SCRIPT = """
+import json, os, sys
+import training  # sets THP_MEM_ALLOC_ENABLE unless given (training.allocator.request_huge_pages)
+import torch
+
+def anon_huge_kb():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+before = anon_huge_kb()
+x = torch.empty(64 << 20, dtype=torch.uint8)
+x.fill_(1)  # touch all 64 MiB
+print(json.dumps({"env": os.environ.get("THP_MEM_ALLOC_ENABLE"), "huge_kb": anon_huge_kb() - before}))
+"""
+
+
+def run_thp(**env: str) -> dict[str, object]:
+    child_env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    child_env.update(env, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", THP_SCRIPT],
+        env=child_env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or not __import__("training.allocator").allocator.huge_pages_available(),
+    reason="needs transparent huge pages (always or madvise)",
+)
+def test_importing_training_gives_torch_tensors_huge_pages_unless_the_user_said_no() -> None:
+    on = run_thp()
+    off = run_thp(THP_MEM_ALLOC_ENABLE="0")
+    assert on["env"] == "1" and off["env"] == "0"  # the user's setting is kept
+    # a 64 MiB tensor: mostly huge pages with the setting (the kernel may lack a few free 2 MiB
+    # blocks), next to none without it (THP in madvise mode only serves madvise'd ranges)
+    assert int(on["huge_kb"]) >= 32 << 10, on
+    assert int(off["huge_kb"]) < int(on["huge_kb"]) // 2, (on, off)
+
+
+def test_huge_pages_are_requested_only_where_they_can_take_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import allocator
+
+    modes = tmp_path / "enabled"
+    for text, available in (
+        ("always [madvise] never\n", True),
+        ("[always] madvise never\n", True),
+        ("always madvise [never]\n", False),
+    ):
+        modes.write_text(text)
+        assert allocator.huge_pages_available(modes) is available
+    assert not allocator.huge_pages_available(tmp_path / "missing")
+    modes.write_text("always [madvise] never\n")
+    monkeypatch.delenv(allocator.THP_ENV, raising=False)
+    # this process may have torch already: make it so either way, then take it away
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch", object()))  # type: ignore[arg-type]
+    assert not allocator.request_huge_pages(modes)  # torch imported: too late, nothing set
+    assert allocator.THP_ENV not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    assert allocator.request_huge_pages(modes) and os.environ[allocator.THP_ENV] == "1"
+    monkeypatch.setenv(allocator.THP_ENV, "0")
+    assert not allocator.request_huge_pages(modes) and os.environ[allocator.THP_ENV] == "0"
+    modes.write_text("always madvise [never]\n")
+    monkeypatch.delenv(allocator.THP_ENV)
+    assert not allocator.request_huge_pages(modes) and allocator.THP_ENV not in os.environ
