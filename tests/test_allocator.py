@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,15 @@ print(json.dumps({"tuned": tuned, "faults": faults, "again": allocator.tune() if
 """
 
 
-def run(mode: str, steps: int, **env: str) -> dict[str, object]:
-    child_env = {
-        k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",) and not k.startswith("MALLOC_")
-    }
+def _run_script(
+    script: str, args: list[str], drop: Callable[[str], bool], env: dict[str, str]
+) -> dict[str, object]:
+    """``script`` in a fresh interpreter with this environment minus the names ``drop`` picks,
+    plus ``env``; its printed JSON."""
+    child_env = {k: v for k, v in os.environ.items() if not drop(k)}
     child_env.update(env, PYTHONPATH=str(REPO))
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode, str(steps)],
+        [sys.executable, "-c", script, *args],
         env=child_env,
         cwd=REPO,
         check=True,
@@ -53,6 +56,12 @@ def run(mode: str, steps: int, **env: str) -> dict[str, object]:
         text=True,
     )
     return json.loads(out.stdout)
+
+
+def run(mode: str, steps: int, **env: str) -> dict[str, object]:
+    return _run_script(
+        SCRIPT, [mode, str(steps)], lambda k: k == "GLIBC_TUNABLES" or k.startswith("MALLOC_"), env
+    )
 
 
 @glibc_only
@@ -97,17 +106,7 @@ print(json.dumps({"env": os.environ.get("THP_MEM_ALLOC_ENABLE"), "huge_kb": anon
 
 
 def run_thp(**env: str) -> dict[str, object]:
-    child_env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    child_env.update(env, PYTHONPATH=str(REPO))
-    out = subprocess.run(
-        [sys.executable, "-c", THP_SCRIPT],
-        env=child_env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)
+    return _run_script(THP_SCRIPT, [], lambda k: k == "THP_MEM_ALLOC_ENABLE", env)
 
 
 @pytest.mark.skipif(

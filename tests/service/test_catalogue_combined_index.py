@@ -73,6 +73,15 @@ def _reference(
     return top, s[top]
 
 
+def _draw(
+    view: CatalogueView, rng: np.random.Generator, k_range: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One random query: (user vector, up to 29 excluded items, k in ``k_range``)."""
+    q = rng.normal(size=view.dim).astype(np.float32)
+    exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
+    return q, exclude, int(rng.integers(*k_range))
+
+
 def _check(
     view: CatalogueView,
     rng: np.random.Generator,
@@ -81,9 +90,7 @@ def _check(
     min_slots: int = 0,
 ) -> None:
     for _ in range(trials):
-        q = rng.normal(size=view.dim).astype(np.float32)
-        exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
-        k = int(rng.integers(1, 80))
+        q, exclude, k = _draw(view, rng, (1, 80))
         labels, scores = view.top_k(q, k, exclude)
         want_labels, want_scores = _reference(view, q, k, exclude, max_slots, min_slots)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
@@ -256,9 +263,7 @@ def _recall_and_exact_scores(
     shown = np.concatenate([view.base_available, view.new_available])
     hits = total = 0
     for _ in range(trials):
-        q = rng.normal(size=view.dim).astype(np.float32)
-        exclude = rng.choice(view.n_items, size=int(rng.integers(0, 30)), replace=False)
-        k = int(rng.integers(5, 60))
+        q, exclude, k = _draw(view, rng, (5, 60))
         labels, scores = view.top_k(q, k, exclude)
         want, _ = _reference(view, q, k, exclude, None, min_slots)
         assert labels.size == want.size and np.unique(labels).size == labels.size
