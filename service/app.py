@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,6 +356,24 @@ class MetricsMiddleware:
 # ------------------------------------------------------------------------------------ app
 
 
+SHUTDOWN_STEP_S = 3.0  # longest wait for one step of the lifespan's shutdown
+
+
+async def _stop_step(name: str, step: Coroutine[Any, Any, None], timeout_s: float) -> None:
+    """Run one shutdown step for at most ``timeout_s``; past it, cancel it without waiting for the
+    cancellation (``asyncio.wait_for`` would wait) and go on, with a warning naming the step."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.warning(
+            "shutdown step did not finish in time; going on", extra={"step": name, "timeout_s": timeout_s}
+        )
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.error("shutdown step failed", extra={"step": name, "error": repr(task.exception())})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """``settings`` None: read them with ``get_settings()`` at start-up (not at import)."""
     state = _AppState(settings)
@@ -392,10 +411,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.runtime = None
-            await retrainer.close()
-            await catalogue.stop()
-            await manager.stop()
-            await store.close()
+            # each step bounded: a step that never finishes must not keep the process from exiting
+            # (uvicorn waits for the lifespan without a limit; the orchestrator would SIGKILL it)
+            await _stop_step("retrainer", retrainer.close(), 15.0)  # it gives a job 10 s to end
+            await _stop_step("catalogue", catalogue.stop(), SHUTDOWN_STEP_S)
+            await _stop_step("model manager", manager.stop(), SHUTDOWN_STEP_S)
+            await _stop_step("store", store.close(), SHUTDOWN_STEP_S)
             log.info("stopped")
 
     app = FastAPI(title="MMSSL recommendation service", version="1.0", lifespan=lifespan)

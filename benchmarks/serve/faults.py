@@ -646,13 +646,17 @@ def sigterm(
     with deploy(work, workers=workers, app="benchmarks.serve.probe:app", **probe_env) as dep:
         load = Load(dep, "sigterm", concurrency=concurrency, workload="recommend")
         time.sleep(before_s)
+        workers_pids = dep.api.worker_pids()
         t_term = load.at()
         started = time.monotonic()
         dep.api.signal(signal.SIGTERM)  # the uvicorn process (the supervisor with --workers N)
+        stacks: dict[str, str] = {}
         try:
-            rc = dep.api.proc.wait(60)
+            # uvicorn's graceful shutdown is bounded at 20 s (--timeout-graceful-shutdown)
+            rc = dep.api.proc.wait(40)
         except subprocess.TimeoutExpired:
             rc = None
+            stacks = _py_spy_dumps(workers_pids)  # where a worker that does not stop is stuck
         shutdown_s = time.monotonic() - started
         time.sleep(1)  # the load keeps trying: refused from now on
         result = load.stop()
@@ -686,8 +690,22 @@ def sigterm(
     if bad:
         problems.append(f"failures other than refused / closed-before-response: {bad}")
     if problems:
-        out["logs"] = _log_tails(dep, load)
+        out["logs"] = _log_tails(dep, load) | stacks
     return {**out, "problems": problems}
+
+
+def _py_spy_dumps(pids: list[int]) -> dict[str, str]:
+    """``py-spy dump`` of each live process (Python stacks of every thread), "stack <pid>" -> text;
+    empty where py-spy is not installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        return {}
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            r = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20)
+            out[f"stack {pid}"] = (r.stdout + r.stderr)[-6000:]
+    return out
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -3,9 +3,17 @@ load from a separate process: requests sent / failed are counted and asserted on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks.serve import faults
+
+
+def explain(r: dict[str, Any]) -> str:
+    """A failed scenario in full (pytest shortens a dict message): its numbers, its problems, and
+    the logs and stacks it kept for them."""
+    return json.dumps(r, indent=1, default=str)
 
 
 def test_redis_killed_under_load_and_restarted(tmp_path: Path) -> None:
@@ -56,8 +64,8 @@ def test_worker_killed_mid_job(tmp_path: Path) -> None:
 def test_sigterm_under_load_completes_every_accepted_request(tmp_path: Path) -> None:
     r = faults.sigterm(tmp_path, workers=2, before_s=2.0, concurrency=16, delay_s=0.05)
     server = r["server"]
-    assert server["processes"] == 2 and server["in_flight_at_sigterm"] > 0, r
-    assert server["started"] == server["completed"] == r["ok"] > 50, r
+    assert server["processes"] == 2 and server["in_flight_at_sigterm"] > 0, explain(r)
+    assert server["started"] == server["completed"] == r["ok"] > 50, explain(r)
     assert server["unfinished"] == 0
     # what failed on the client was never accepted by the application
     assert set(r["failures"]) <= {"refused", "closed_before_response"}, r
@@ -67,7 +75,7 @@ def test_sigterm_under_load_completes_every_accepted_request(tmp_path: Path) -> 
 
 def test_redis_killed_during_a_retrain(tmp_path: Path) -> None:
     r = faults.redis_killed_during_retrain(tmp_path, workers=1, down_s=3.0, job_s=6.0, concurrency=4)
-    assert r["ok"] > 0 and r["failed"] == 0, r
+    assert r["ok"] > 0 and r["failed"] == 0, explain(r)
     assert r["worker_alive_after"] is True, r  # it used to exit on the first Redis error
     assert r["first_job_promoted"] is True, r  # a failed progress write used to end the job
     assert r["next_retrain_state"] == "finished", r
