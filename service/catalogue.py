@@ -252,7 +252,8 @@ class CatalogueView:
         """Inner product over the added items' h_i alone: exact (flat), or kind ``pq`` beyond
         ``exact_max`` added items (FAISS single-threaded like the main index; numpy's
         matrix-vector product went through a multi-threaded BLAS at 40x the cost on 2 busy cores).
-        Built on first use, by the first request that needs it (two threads may each build one:
+        A pq one is built with the view (``__init__``) or carried over from the previous view; a
+        flat one on first use, by the first request that needs it (two threads may each build one:
         each is private until stored, and never changed after)."""
         flat = dataclasses.replace(self.rec.index.config, kind="flat", use_gpu=False)
         config = self._index_config(len(self.new_ids), flat)

@@ -5,8 +5,8 @@ service builds itself over many items added through ``PUT /items`` (``service.ca
 product quantizer with one sub-quantizer per dimension (FAISS fast scan: 16 learnt levels per
 coordinate, d / 2 bytes a vector, an eighth of float32) shortlists ``pq_refine`` x k candidates, and
 those are re-ranked by their exact inner products over the float vectors. The scores it returns are
-exact; which items reach the shortlist is approximate (recall@20 against the flat index is measured
-by ``benchmarks.serve.items_profile``). It reads a sixth of the bytes an exact scan reads.
+exact; which items reach the shortlist is approximate (the served lists' recall@20 against a flat
+index is ``in_process.recall_at_20_vs_exact_index`` of ``benchmarks.serve.items``).
 """
 
 from __future__ import annotations
