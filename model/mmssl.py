@@ -7,6 +7,7 @@ Pure PyTorch: sizes and a config in, tensors out. Graphs and raw item features a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -28,7 +29,7 @@ class MMSSLOutput(NamedTuple):
     item: Tensor  # h_i (Eq. 12), (n_items, d)
     user_id_side: Tensor  # e_hat_u, GNN output (Eq. 10), (n_users, d)
     item_id_side: Tensor  # e_hat_i, (n_items, d)
-    item_layers: Tensor  # E_hat_i^l for l = 0..L-1, (L, n_items, d): the fold-in operands
+    item_layers: tuple[Tensor, ...]  # E_hat_i^l for l = 0..L-1, each (n_items, d): the fold-in operands
     user_layer0: Tensor  # E_hat_u^0, (n_users, d)
     features: ModalityFeatures  # empty lists for the ID-only model
     view_users: list[Tensor]  # e_u^m (Eq. 8), per modality (n_users, d)
@@ -63,31 +64,51 @@ class ModalityAttention(nn.Module):
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)  # (N,H,M,M')
         return (weights @ v).transpose(1, 2).reshape(n, m, d)
 
-    def pooled(self, x: Tensor) -> Tensor:
+    def pooled(self, x: Tensor | Sequence[Tensor]) -> Tensor:
         """forward(x).mean(dim=1), the mean pooling over modalities that follows Eq. 9.
 
-        x: (N, M, d) -> (N, d). The mean over queries m commutes with the weighted sum, so the
-        weights are averaged first: out = sum_m' (mean_m w[m, m']) x^m'. The softmax over m' is
-        unchanged by a shift of its logits and the key projection is linear without bias, so the
-        logits are taken relative to m' = 0: q_m . k_m' - q_m . k_0 = q_m . key(x^m' - x^0), with
-        M - 1 key projections and M (M - 1) dot products instead of M and M^2. For M = 2 the
-        softmax over (0, l) is (1 - sigmoid(l), sigmoid(l)). Broadcast products, not N*H batched
-        (M x M) matrix products, which cost more than their arithmetic on a CPU when M is 2 or 3.
+        x: (N, M, d), or the M modalities' (N, d) embeddings as a sequence (what the model passes:
+        no (N, M, d) stack, and no full-size zero-filled gradient for each modality's slice of it
+        in the backward, which at 16x TikTok's size cost more than the attention's arithmetic)
+        -> (N, d). The mean over queries m commutes with the weighted sum, so the weights are
+        averaged first: out = sum_m' (mean_m w[m, m']) x^m'. The softmax over m' is unchanged by a
+        shift of its logits and the key projection is linear without bias, so the logits are taken
+        relative to m' = 0: q_m . k_m' - q_m . k_0 = q_m . key(x^m' - x^0), with M - 1 key
+        projections and M (M - 1) dot products instead of M and M^2. For M = 2 the softmax over
+        (0, l) is (1 - sigmoid(l), sigmoid(l)), and out = x^0 + (mean_m sigmoid(l_m)) (x^1 - x^0).
+        Broadcast products, not N*H batched (M x M) matrix products, which cost more than their
+        arithmetic on a CPU when M is 2 or 3.
         """
-        n, m, d = x.shape
-        scale = math.sqrt(self.head_dim)
-        v = x.view(n, m, self.n_heads, self.head_dim)
-        if m == 2:
-            q = self.query(x).view(n, 2, self.n_heads, self.head_dim)
-            k = self.key(x[:, 1] - x[:, 0]).view(n, 1, self.n_heads, self.head_dim)
-            weight_1 = torch.sigmoid((q * k).sum(-1) / scale).mean(dim=1)  # (N, H): mean_m w[m, 1]
-            return (v[:, 0] + weight_1.unsqueeze(-1) * (v[:, 1] - v[:, 0])).reshape(n, d)
-        q = self.query(x).view(n, m, 1, self.n_heads, self.head_dim)
-        k = self.key(x[:, 1:] - x[:, :1]).view(n, 1, m - 1, self.n_heads, self.head_dim)
+        parts = list(x.unbind(1)) if isinstance(x, Tensor) else list(x)
+        n, d = parts[0].shape
+        h, hd = self.n_heads, self.head_dim
+        scale = math.sqrt(hd)
+        if len(parts) == 1:  # a softmax over one modality: the weight is 1
+            return parts[0]
+        if len(parts) == 2:
+            x0, x1 = parts
+            diff = x1 - x0
+            k = self.key(diff).view(n, h, hd)
+            logit_0 = (self.query(x0).view(n, h, hd) * k).sum(-1) / scale
+            logit_1 = (self.query(x1).view(n, h, hd) * k).sum(-1) / scale
+            weight_1 = (torch.sigmoid(logit_0) + torch.sigmoid(logit_1)) / 2  # (N, H): mean_m w[m, 1]
+            return torch.addcmul(x0.view(n, h, hd), weight_1.unsqueeze(-1), diff.view(n, h, hd)).view(n, d)
+        stacked = torch.stack(parts, 1)  # (N, M, d)
+        m = len(parts)
+        q = self.query(stacked).view(n, m, 1, h, hd)
+        k = self.key(stacked[:, 1:] - stacked[:, :1]).view(n, 1, m - 1, h, hd)
         relative = (q * k).sum(-1) / scale  # (N, M, M' - 1, H): logits minus those of m' = 0
-        logits = torch.cat([relative.new_zeros(n, m, 1, self.n_heads), relative], dim=2)
+        logits = torch.cat([relative.new_zeros(n, m, 1, h), relative], dim=2)
         weights = torch.softmax(logits, dim=2).mean(dim=1)  # (N, M', H), averaged over queries m
-        return (weights.unsqueeze(-1) * v).sum(dim=1).reshape(n, d)
+        return (weights.unsqueeze(-1) * stacked.view(n, m, h, hd)).sum(dim=1).reshape(n, d)
+
+
+def _mean_of(layers: list[Tensor]) -> Tensor:
+    """The mean of equally shaped tensors, summed in list order."""
+    total = layers[0]
+    for layer in layers[1:]:
+        total = total + layer
+    return total / len(layers)
 
 
 def _gamma(n_in: int, n_out: int, slope: float, dropout: float) -> nn.Sequential:
@@ -256,9 +277,8 @@ class MMSSL(nn.Module):
                 view_users.append(spmm(views.user_to_item[m], e_i, ui_t[m]))
                 view_items.append(spmm(views.item_to_user[m], e_u, iu_t[m]))
             assert self.attention is not None
-            # Eq. 9 then mean pooling over modalities, users and items in one batch: (U + I, M, d)
-            nodes = torch.stack([torch.cat([u, i]) for u, i in zip(view_users, view_items, strict=True)], 1)
-            fused_u, fused_i = self.attention.pooled(nodes).split([e_u.shape[0], e_i.shape[0]])
+            # Eq. 9 then mean pooling over modalities (per node: users and items separately)
+            fused_u, fused_i = self.attention.pooled(view_users), self.attention.pooled(view_items)
             layer_u = e_u + cfg.eta * F.normalize(fused_u, dim=1)  # E_hat_u^0 (Eq. 10)
             layer_i = e_i + cfg.eta * F.normalize(fused_i, dim=1)
         else:
@@ -270,8 +290,9 @@ class MMSSL(nn.Module):
                 layers_u + [spmm(graph.user_gnn, layers_i[-1], graph.user_gnn_t)],
                 layers_i + [spmm(graph.item_gnn, layers_u[-1], graph.item_gnn_t)],
             )
-        user_id_side = torch.stack(layers_u).mean(dim=0)  # mean pooling over l = 0..L
-        item_id_side = torch.stack(layers_i).mean(dim=0)
+        # mean pooling over l = 0..L, as a sum: no (L + 1, n, d) stack, nor its expanded gradient
+        user_id_side = _mean_of(layers_u)
+        item_id_side = _mean_of(layers_i)
         user, item = user_id_side, item_id_side
         if feats.users:  # Eq. 12
             user = user + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
@@ -282,13 +303,12 @@ class MMSSL(nn.Module):
             for _ in range(cfg.item_graph_layers):
                 graph_side = spmm(item_graph.matrix, graph_side, item_graph.matrix_t)
             item = item + graph_side
-        item_layers = torch.stack(layers_i[: cfg.n_layers]) if cfg.n_layers else e_i.new_zeros(0, *e_i.shape)
         return MMSSLOutput(
             user=user,
             item=item,
             user_id_side=user_id_side,
             item_id_side=item_id_side,
-            item_layers=item_layers,
+            item_layers=tuple(layers_i[: cfg.n_layers]),  # not stacked: training never reads them
             user_layer0=layer_u,
             features=feats,
             view_users=view_users,

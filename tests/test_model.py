@@ -164,7 +164,9 @@ def test_forward_implements_eq_2_10_12(graph_norm):
     for _ in range(cfg.n_layers):
         lu, li = lu + [a @ li[-1]], li + [at @ lu[-1]]
     assert torch.allclose(out.user_id_side, torch.stack(lu).mean(0), atol=1e-5)
-    assert torch.allclose(out.item_layers, torch.stack(li[: cfg.n_layers]), atol=1e-6)
+    assert len(out.item_layers) == cfg.n_layers
+    for got, want in zip(out.item_layers, li[: cfg.n_layers], strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
     # Eq. 12
     h_u = out.user_id_side + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
     assert torch.allclose(out.user, h_u, atol=1e-5)
@@ -225,6 +227,14 @@ def test_pooled_attention_equals_attention_then_mean_over_modalities(n_modalitie
         torch.testing.assert_close(torch.zeros_like(r) if g is None else g, r)
     if n_modalities > 1:
         assert float(ref[1].abs().sum()) > 0  # the projections do receive a gradient
+    # the form the model calls: the modalities as separate (N, d) tensors, same value and gradients
+    parts = [x[:, m].detach().clone().requires_grad_() for m in range(n_modalities)]
+    from_parts = att.pooled(parts)
+    torch.testing.assert_close(from_parts, pooled)
+    got = torch.autograd.grad((from_parts * upstream).sum(), [*parts, *inputs[1:]], allow_unused=True)
+    ref_x = ref[0].unbind(1)
+    for g, r in zip(got, [*ref_x, *ref[1:]], strict=True):
+        torch.testing.assert_close(torch.zeros_like(r) if g is None else g, r)
 
 
 @pytest.mark.parametrize("graph_norm", ["symmetric", "paper"])
@@ -399,3 +409,4 @@ def test_dense_times_weight_t_equals_the_dense_product_in_value_and_gradient(den
     np.testing.assert_allclose(got.detach().numpy(), rows.numpy() @ weight.detach().numpy().T, rtol=1e-12)
     (grad,) = torch.autograd.grad((got * upstream).sum(), weight)
     np.testing.assert_allclose(grad.numpy(), upstream.numpy().T @ rows.numpy(), rtol=1e-12, atol=1e-12)
+

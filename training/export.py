@@ -174,7 +174,9 @@ def export_checkpoint(
         user_embeddings=out.user.numpy(),
         item_embeddings=item_embeddings,
         user_id_side=out.user_id_side.numpy(),
-        item_layer_embeddings=out.item_layers.numpy(),
+        item_layer_embeddings=np.stack([t.numpy() for t in out.item_layers])
+        if out.item_layers
+        else np.zeros((0, *out.item.shape), dtype=np.float32),
         modality_features={
             name: fbar.numpy()
             for name, fbar in zip(config.modalities, out.features.projected_items, strict=True)
