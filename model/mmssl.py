@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,41 @@ class ModalityAttention(nn.Module):
         logits = torch.cat([relative.new_zeros(n, m, 1, h), relative], dim=2)
         weights = torch.softmax(logits, dim=2).mean(dim=1)  # (N, M', H), averaged over queries m
         return (weights.unsqueeze(-1) * stacked.view(n, m, h, hd)).sum(dim=1).reshape(n, d)
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """F.normalize(x, dim=1) with a one-pass backward (see ``normalize_rows``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        unclamped = norm > eps
+        norm = norm.clamp_min(eps)
+        y = x / norm
+        ctx.save_for_backward(y, norm, unclamped)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        y, norm, unclamped = ctx.saved_tensors
+        # d(x / |x|) = (g - y (g . y)) / |x|; where |x| <= eps the divisor is the constant eps
+        # (n, 1) through a batched dot: no (n, d) temporary for g * y
+        dot = torch.bmm(grad.unsqueeze(1), y.unsqueeze(2)).squeeze(2) * unclamped
+        return torch.addcmul(grad, y, dot, value=-1).div_(norm), None
+
+
+def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """F.normalize(x, dim=1), equal in value and gradient, for (n, d) x.
+
+    Autograd's own backward of x / max(|x|, eps) takes five full-size passes (the quotient
+    rule's products, a negation, the expand's sum); this one takes one (n, 1) batched dot and one
+    fused (n, d) pass. At 16x TikTok the node tensors are 27-36 MiB each, so every full-size
+    temporary is a fresh mapping faulted in at every step.
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return F.normalize(x, dim=1, eps=eps)
+    out: Tensor = _NormalizeRows.apply(x, eps)
+    return out
 
 
 def _mean_of(layers: list[Tensor]) -> Tensor:
@@ -279,8 +314,8 @@ class MMSSL(nn.Module):
             assert self.attention is not None
             # Eq. 9 then mean pooling over modalities (per node: users and items separately)
             fused_u, fused_i = self.attention.pooled(view_users), self.attention.pooled(view_items)
-            layer_u = e_u + cfg.eta * F.normalize(fused_u, dim=1)  # E_hat_u^0 (Eq. 10)
-            layer_i = e_i + cfg.eta * F.normalize(fused_i, dim=1)
+            layer_u = e_u + cfg.eta * normalize_rows(fused_u)  # E_hat_u^0 (Eq. 10)
+            layer_i = e_i + cfg.eta * normalize_rows(fused_i)
         else:
             feats = ModalityFeatures([], [], [])
             layer_u, layer_i = e_u, e_i
@@ -295,8 +330,8 @@ class MMSSL(nn.Module):
         item_id_side = _mean_of(layers_i)
         user, item = user_id_side, item_id_side
         if feats.users:  # Eq. 12
-            user = user + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.users)
-            item = item + cfg.omega * sum(F.normalize(f, dim=1) for f in feats.items)
+            user = user + cfg.omega * sum(normalize_rows(f) for f in feats.users)
+            item = item + cfg.omega * sum(normalize_rows(f) for f in feats.items)
         graph_side = None
         if item_graph is not None:  # FREEDOM: h_i += S^L e_i, S frozen
             graph_side = e_i

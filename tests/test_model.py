@@ -410,3 +410,24 @@ def test_dense_times_weight_t_equals_the_dense_product_in_value_and_gradient(den
     (grad,) = torch.autograd.grad((got * upstream).sum(), weight)
     np.testing.assert_allclose(grad.numpy(), upstream.numpy().T @ rows.numpy(), rtol=1e-12, atol=1e-12)
 
+
+def test_normalize_rows_equals_f_normalize_in_value_and_gradient():
+    """The model's row normalisation (Eq. 10 and Eq. 12) against F.normalize, including a zero row
+    and a row below eps (where the divisor is the constant eps), and torch's gradcheck."""
+    from model.mmssl import normalize_rows
+
+    torch.manual_seed(3)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    x[2] = 0.0
+    x[4] = 1e-14
+    upstream = torch.randn(7, 5, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = normalize_rows(a), F.normalize(b, dim=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    (ga,) = torch.autograd.grad((got * upstream).sum(), a)
+    (gb,) = torch.autograd.grad((want * upstream).sum(), b)
+    torch.testing.assert_close(ga, gb)
+    assert float(ga[2].abs().sum()) > 0  # a clamped row still passes g / eps
+    torch.autograd.gradcheck(normalize_rows, (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))
+    with torch.no_grad():  # no autograd: F.normalize itself
+        torch.testing.assert_close(normalize_rows(x), F.normalize(x, dim=1))
