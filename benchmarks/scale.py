@@ -11,6 +11,8 @@ view refresh, one full validation ranking, and the process's peak RSS. The epoch
 steps/epoch x step + refreshes/epoch x refresh. ``--scale-batch`` (default) multiplies
 ``batch_size`` by s, so an epoch has the same number of full-graph passes at every scale; with
 ``--no-scale-batch`` the step count grows with s too. Prints a table and writes JSON to ``--out``.
+``--write DIR`` writes the datasets only (DIR/x1, DIR/x16, ...), to train whole epochs on them with
+``python -m training train`` (the trainer's own ``train_seconds`` and ``peak_rss_mb`` per epoch).
 
 Refreshes per epoch follow the trainer's schedule (``view_refresh_steps`` or
 ``view_refreshes_per_epoch``); validation ranks the trainer's users (all, or the ``eval_users``
@@ -105,6 +107,7 @@ def measure(data: Path, config: str | None, overrides: list[str], steps: int) ->
 
     from benchmarks.train_speed import Bench
     from model.graph import modality_topk
+    from training import allocator
     from training.config import load_config
     from training.data import load_dataset
     from training.trainer import eval_user_sample, evaluate_model, view_refresh_interval
@@ -125,6 +128,7 @@ def measure(data: Path, config: str | None, overrides: list[str], steps: int) ->
     if tc.view_index != "exact" and bench.views is not None:
         view_recall = _view_recall(bench, RECALL_USERS, modality_topk, topk_recall)
     val_users = eval_user_sample(dataset.val, tc.eval_users, tc.seed)
+    allocator.release()  # as the trainer does before evaluation
     t = time.perf_counter()
     evaluate_model(
         bench.model, bench.state, bench.views, dataset, dataset.val, tc.eval_batch_users, val_users
@@ -167,10 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-batch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: measure this folder
+    p.add_argument(
+        "--write",
+        type=Path,
+        metavar="DIR",
+        help="only write the scaled datasets, as DIR/x<scale> (to train on them with python -m training)",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one, args.config, args.overrides, args.steps)))
+        return 0
+    if args.write:
+        for s in args.scales:
+            shape = write_scaled(Path(args.data), s, args.write / f"x{s}")
+            print(f"{args.write / f'x{s}'}: {shape}")
         return 0
     from training.config import load_config
 

@@ -67,22 +67,24 @@ class Bench:
         neg = state.sample_negatives(users, self.gen)
         self.sync()
         t0 = time.perf_counter()
-        graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
-        out = model(graph, state.item_raw, self.views)
-        self.sync()
-        t1 = time.perf_counter()
-        batch_users = torch.unique(users)
-        loss_g = torch.zeros((), device=self.device)
-        if self.opt_d is not None:
-            loss_g, _ = adversarial_step(model, out, state, batch_users, self.opt_d, self.cfg, self.gen)
-        self.sync()
-        t2 = time.perf_counter()
-        loss_bpr, loss_cl, loss_l2 = step_losses(model, out, users, pos, neg, batch_users, tc, self.gen)
-        loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
-        self.opt_model.zero_grad()
-        loss.backward()
-        self.opt_model.step()
-        self.sync()
+        with allocator.heap_only():  # as training.trainer.train runs a step
+            graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
+            out = model(graph, state.item_raw, self.views)
+            self.sync()
+            t1 = time.perf_counter()
+            batch_users = torch.unique(users)
+            loss_g = torch.zeros((), device=self.device)
+            if self.opt_d is not None:
+                loss_g, _ = adversarial_step(model, out, state, batch_users, self.opt_d, self.cfg, self.gen)
+            self.sync()
+            t2 = time.perf_counter()
+            loss_bpr, loss_cl, loss_l2 = step_losses(model, out, users, pos, neg, batch_users, tc, self.gen)
+            loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
+            self.opt_model.zero_grad()
+            loss.backward()
+            self.opt_model.step()
+            self.sync()
+            del out, graph
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 

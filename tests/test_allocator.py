@@ -158,3 +158,54 @@ def test_huge_pages_are_requested_only_where_they_can_take_effect(
     modes.write_text("always madvise [never]\n")
     monkeypatch.delenv(allocator.THP_ENV)
     assert not allocator.request_huge_pages(modes) and allocator.THP_ENV not in os.environ
+
+
+# ------------------------------------------------------------------ heap-only steps
+
+HEAP_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from training import allocator
+tuned = allocator.tune()
+inside = sys.argv[1] == "heap_only"
+
+def faults_of(steps):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        if inside:
+            with allocator.heap_only():
+                block = np.ones(12_000_000, np.float32)  # 48 MB: above any mmap threshold
+                del block
+        else:
+            block = np.ones(12_000_000, np.float32)
+            del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of(1)
+steps_10, steps_30 = faults_of(10), faults_of(30)
+outside = np.ones(12_000_000, np.float32)  # after the block: mmap'd again, so munmap frees it
+del outside
+released = allocator.release()
+print(json.dumps({"tuned": tuned, "faults_10": steps_10, "faults_30": steps_30, "released": released}))
+"""
+
+
+def run_heap(mode: str, **env: str) -> dict[str, object]:
+    return _run_script(HEAP_SCRIPT, [mode], lambda k: k == "GLIBC_TUNABLES" or k.startswith("MALLOC_"), env)
+
+
+@glibc_only
+def test_heap_only_steps_reuse_blocks_above_the_mmap_threshold() -> None:
+    """A 48 MB block allocated and freed every step: mapped and faulted in again at every step by
+    default (and with tune(): 32 MiB is glibc's largest mmap threshold), reused from the heap inside
+    heap_only(); a user's MALLOC_MMAP_MAX_ turns heap_only() off."""
+    mapped, heap = run_heap("plain"), run_heap("heap_only")
+    assert mapped["tuned"] is True and heap["tuned"] is True
+    # mapped: 20 more steps, 20 more times 48 MB touched afresh (hundreds of faults each even with
+    # huge pages; about 11,700 a step with 4 KiB pages)
+    assert int(mapped["faults_30"]) - int(mapped["faults_10"]) > 20 * 10, mapped
+    # heap: the first step's pages are reused by every later one
+    assert int(heap["faults_30"]) - int(heap["faults_10"]) < 100, heap
+    assert heap["released"] is True  # the freed 48 MB at the heap's top can be handed back
+    users_own = run_heap("heap_only", MALLOC_MMAP_MAX_="65536")
+    assert int(users_own["faults_30"]) - int(users_own["faults_10"]) > 20 * 10, users_own

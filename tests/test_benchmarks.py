@@ -358,6 +358,18 @@ def test_scale_benchmark_reports_each_scale(tiny_data, tmp_path):
     assert all(r["step_s"] > 0 and r["refresh_s"] > 0 and r["peak_rss_mb"] > 50 for r in rows)
 
 
+def test_scale_write_gives_the_datasets_the_benchmark_measures(tiny_data, tmp_path):
+    """--write: the same folders as the benchmark's own (write_scaled), to train whole epochs on."""
+    from benchmarks import scale
+    from benchmarks.scale import write_scaled
+
+    assert scale.main(["--data", str(tiny_data), "--scales", "1", "2", "--write", str(tmp_path / "w")]) == 0
+    write_scaled(tiny_data, 2, tmp_path / "ref")
+    for name in ("train.json", "val.json"):
+        assert (tmp_path / "w" / "x2" / name).read_text() == (tmp_path / "ref" / name).read_text()
+    assert (tmp_path / "w" / "x1" / "train.json").exists() and not (tmp_path / "w" / "x4").exists()
+
+
 def test_tuning_split_keeps_an_imported_folders_external_ids(tmp_path):
     from benchmarks.common import carve_tuning_split
 

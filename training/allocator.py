@@ -23,6 +23,16 @@ each; none at 1x, where the tensors are small; docs/BENCHMARKS.md, "Cost as data
 huge pages"). PyTorch reads the variable once, at its first allocation, so this works only before
 torch is imported: ``training/__init__.py`` calls it; the user's own setting wins, and where the
 kernel has no transparent huge pages (or they are off) nothing is set.
+
+Even with huge pages those blocks are mapped, faulted in (the kernel zeroing every page) and
+unmapped again at every step; at 16x TikTok every user-sized (|U|, d) tensor is one of them.
+``heap_only()``, which the trainer holds around each training step, turns glibc's mmap off
+(``M_MMAP_MAX`` 0) for the step, so its large blocks also come from the heap and the next step
+reuses them; mmap is back on outside the steps (the view refresh, evaluation, checkpoints), and
+``release()`` (``malloc_trim``) hands the heap's free pages back before evaluation, whose own large
+blocks would otherwise add to a heap still holding the steps' freed ones. With mmap off for the
+whole process instead, the 16x run's peak went over 8 GiB (docs/BENCHMARKS.md). A user's own
+``MALLOC_MMAP_MAX_`` (or any setting ``tune()`` defers to) turns ``heap_only()`` into a no-op.
 """
 
 from __future__ import annotations
@@ -32,16 +42,21 @@ import ctypes.util
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # mallopt parameter numbers (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_THRESHOLD = 512 << 20
 TOP_PAD = 64 << 20
+MMAP_MAX_DEFAULT = 65536  # glibc's DEFAULT_MMAP_MAX: the number of mmap'd blocks allowed at once
 
 ENV_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
@@ -49,6 +64,7 @@ THP_ENV = "THP_MEM_ALLOC_ENABLE"  # PyTorch's CPU allocator (c10/core/alloc_cpu.
 THP_MODES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _done: bool | None = None
+_libc: Any = None
 
 
 def settings() -> dict[int, int]:
@@ -68,12 +84,37 @@ def tune() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     _done = all(mallopt(param, value) == 1 for param, value in settings().items())
+    if _done:
+        global _libc
+        _libc = libc
     return _done
+
+
+@contextmanager
+def heap_only() -> Iterator[None]:
+    """Within: no block is mmap'd (glibc's ``M_MMAP_MAX`` 0), so large freed blocks stay in the
+    heap for the next step. Only where ``tune()`` is in force and ``MALLOC_MMAP_MAX_`` is not set
+    by the user; otherwise nothing changes."""
+    libc = _libc if tune() and "MALLOC_MMAP_MAX_" not in os.environ else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, MMAP_MAX_DEFAULT)
+
+
+def release() -> bool:
+    """Hand the heap's free pages back to the kernel (``malloc_trim(0)``). True if any were."""
+    return bool(_libc.malloc_trim(0)) if tune() and _libc is not None else False
 
 
 def huge_pages_available(modes: Path = THP_MODES) -> bool:

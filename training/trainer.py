@@ -562,24 +562,27 @@ def train(
                 views = refresh_views(model, state, tc)
             step += 1
 
-            graph = state.graph_without(idx) if tc.holdout_batch_edges and model.modalities else state.graph
-            out = model(graph, state.item_raw, views, state.item_graph)
-            batch_users = torch.unique(users)
+            with allocator.heap_only():  # the step's large blocks are reused by the next step
+                holdout = tc.holdout_batch_edges and model.modalities
+                graph = state.graph_without(idx) if holdout else state.graph
+                out = model(graph, state.item_raw, views, state.item_graph)
+                batch_users = torch.unique(users)
 
-            loss_g = torch.zeros((), device=device)
-            if model.discriminator is not None and opt_discriminator is not None:
-                loss_g, loss_d = adversarial_step(
-                    model, out, state, batch_users, opt_discriminator, cfg, sampler
+                loss_g = torch.zeros((), device=device)
+                if model.discriminator is not None and opt_discriminator is not None:
+                    loss_g, loss_d = adversarial_step(
+                        model, out, state, batch_users, opt_discriminator, cfg, sampler
+                    )
+                    sums["d"] += loss_d
+
+                loss_bpr, loss_cl, loss_l2 = step_losses(
+                    model, out, users, positives, negatives, batch_users, tc, sampler
                 )
-                sums["d"] += loss_d
-
-            loss_bpr, loss_cl, loss_l2 = step_losses(
-                model, out, users, positives, negatives, batch_users, tc, sampler
-            )
-            loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
-            opt_model.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_model.step()
+                loss = loss_bpr + tc.cl_weight * loss_cl + tc.g_weight * loss_g + tc.l2_weight * loss_l2
+                opt_model.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_model.step()
+                del out, graph
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}, step {step}")
             sums["loss"] += float(loss.detach())
@@ -592,6 +595,7 @@ def train(
         record.update({k: v / steps_per_epoch for k, v in sums.items()})
         improved = False
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            allocator.release()  # the steps' freed heap, before evaluation's own large blocks
             t_eval = time.perf_counter()
             val = evaluate_model(model, state, views, dataset, dataset.val, tc.eval_batch_users, val_users)
             record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
