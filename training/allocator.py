@@ -98,17 +98,21 @@ def tune() -> bool:
 
 @contextmanager
 def heap_only() -> Iterator[None]:
-    """Within: no block is mmap'd (glibc's ``M_MMAP_MAX`` 0), so large freed blocks stay in the
-    heap for the next step. Only where ``tune()`` is in force and ``MALLOC_MMAP_MAX_`` is not set
+    """Within: no block is mmap'd (glibc's ``M_MMAP_MAX`` 0) and the heap is never trimmed
+    (``M_TRIM_THRESHOLD`` -1: a 16x step frees gigabytes at the heap's top, which the 512 MiB
+    threshold would hand back at once), so large freed blocks stay in the heap for the next step.
+    Only where ``tune()`` is in force and ``MALLOC_MMAP_MAX_`` is not set
     by the user; otherwise nothing changes."""
     libc = _libc if tune() and "MALLOC_MMAP_MAX_" not in os.environ else None
     if libc is None:
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, -1)  # -1: never trim (else a step's freed top is handed back)
     try:
         yield
     finally:
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         libc.mallopt(M_MMAP_MAX, MMAP_MAX_DEFAULT)
 
 
