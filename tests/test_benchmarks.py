@@ -468,3 +468,19 @@ def test_quality_defined_variants_train_their_overrides_and_set_the_reference(ti
         quality.main(
             _argv(tiny_data, "val.json", tmp_path / "bad", "--variants", "id_only", "--reference", "full")
         )
+
+
+def test_train_speed_profiles_by_input_shape(tiny_data, tmp_path, capsys):
+    """--by-shape: the profiler's table gains the input shapes, which tell a (|U|, d) product from
+    an (|I|, d) one; the phase timings are written as without it."""
+    from benchmarks import train_speed
+
+    out = tmp_path / "speed.json"
+    args = ["--data", str(tiny_data), "--steps", "1", "--out", str(out), *FAST_OVERRIDES]
+    assert train_speed.main([*args, "--by-shape"]) == 0
+    printed = capsys.readouterr().out
+    assert "Input Shapes" in printed and "[120, " in printed  # e.g. a (n_users, d) operand
+    result = json.loads(out.read_text())
+    assert set(result["phase_ms"]) == {"forward", "adversarial", "backward"}
+    assert train_speed.main(args) == 0
+    assert "Input Shapes" not in capsys.readouterr().out
