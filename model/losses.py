@@ -47,10 +47,11 @@ def gumbel_transform(observed: Tensor, tau: float, generator: torch.Generator | 
 
     observed: (B, n_items) binary interaction rows -> (B, n_items), rows sum to 1
     """
-    uniform = torch.rand(observed.shape, generator=generator, device=observed.device, dtype=observed.dtype)
-    uniform = uniform.clamp(1e-10, 1.0 - 1e-7)  # keep both logs finite
-    gumbel = -torch.log(-torch.log(uniform))
-    return torch.softmax((observed + gumbel) / tau, dim=1)
+    noise = torch.rand(observed.shape, generator=generator, device=observed.device, dtype=observed.dtype)
+    # in place, the same operations as -log(-log(u)), then (A + g) / tau: one (B, n_items) buffer
+    # instead of seven (at 16x TikTok each is a 55 MB pass, rows of 107,248 items)
+    noise.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_().neg_()  # keep both logs finite
+    return torch.softmax(noise.add_(observed).div_(tau), dim=1)
 
 
 def generator_loss(fake_scores: Tensor) -> Tensor:
