@@ -28,9 +28,10 @@ Even with huge pages those blocks are mapped, faulted in (the kernel zeroing eve
 unmapped again at every step; at 16x TikTok every user-sized (|U|, d) tensor is one of them.
 ``heap_only()``, which the trainer holds around each training step, turns glibc's mmap off
 (``M_MMAP_MAX`` 0) for the step, so its large blocks also come from the heap and the next step
-reuses them; mmap is back on outside the steps (the view refresh, evaluation, checkpoints), and
-``release()`` (``malloc_trim``) hands the heap's free pages back before evaluation, whose own large
-blocks would otherwise add to a heap still holding the steps' freed ones. With mmap off for the
+reuses them, and the heap is not trimmed until ``release()``; mmap is back on outside the steps (the
+view refresh, evaluation, checkpoints), and ``release()`` (``malloc_trim``) hands the heap's free
+pages back before evaluation, whose own large blocks would otherwise add to a heap still holding
+the steps' freed ones. With mmap off for the
 whole process instead, the 16x run's peak went over 8 GiB (docs/BENCHMARKS.md). A user's own
 ``MALLOC_MMAP_MAX_`` (or any setting ``tune()`` defers to) turns ``heap_only()`` into a no-op.
 """
@@ -98,27 +99,31 @@ def tune() -> bool:
 
 @contextmanager
 def heap_only() -> Iterator[None]:
-    """Within: no block is mmap'd (glibc's ``M_MMAP_MAX`` 0) and the heap is never trimmed
-    (``M_TRIM_THRESHOLD`` -1: a 16x step frees gigabytes at the heap's top, which the 512 MiB
-    threshold would hand back at once), so large freed blocks stay in the heap for the next step.
-    Only where ``tune()`` is in force and ``MALLOC_MMAP_MAX_`` is not set
-    by the user; otherwise nothing changes."""
+    """Within: no block is mmap'd (glibc's ``M_MMAP_MAX`` 0), so large freed blocks stay in the
+    heap for the next step. From its first use the heap is not trimmed either (``M_TRIM_THRESHOLD``
+    -1) until ``release()``: a 16x step frees gigabytes at the heap's top, which the 512 MiB
+    threshold would hand back at once, at the step's end or at the next large free outside it (the
+    view refresh), and the next step would fault it in again. Only where ``tune()`` is in force
+    and ``MALLOC_MMAP_MAX_`` is not set by the user; otherwise nothing changes."""
     libc = _libc if tune() and "MALLOC_MMAP_MAX_" not in os.environ else None
     if libc is None:
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, -1)  # -1: never trim (else a step's freed top is handed back)
+    libc.mallopt(M_TRIM_THRESHOLD, -1)  # -1: never trim, until release()
     try:
         yield
     finally:
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         libc.mallopt(M_MMAP_MAX, MMAP_MAX_DEFAULT)
 
 
 def release() -> bool:
-    """Hand the heap's free pages back to the kernel (``malloc_trim(0)``). True if any were."""
-    return bool(_libc.malloc_trim(0)) if tune() and _libc is not None else False
+    """Hand the heap's free pages back to the kernel (``malloc_trim(0)``) and restore ``tune()``'s
+    trim threshold (which ``heap_only()`` lifts). True if any pages were handed back."""
+    if not tune() or _libc is None:
+        return False
+    _libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(_libc.malloc_trim(0))
 
 
 def huge_pages_available(modes: Path = THP_MODES) -> bool:
