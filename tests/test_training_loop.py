@@ -272,3 +272,39 @@ def test_step_gradients_are_bitwise_repeatable_on_two_threads(tmp_path: Path) ->
     assert {"user_embedding.weight", "item_embedding.weight"} <= first.keys()
     for other in again:
         assert [n for n in first if not torch.equal(first[n], other[n])] == []
+
+
+def test_the_kept_heap_is_released_whether_training_finishes_or_fails(
+    dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """heap_only() lifts glibc's trim threshold until allocator.release(); train() must restore it
+    on every way out, a failed run included (a retrain worker goes on running after it)."""
+    from training import allocator
+
+    events: list[str] = []
+    real_heap_only, real_release = allocator.heap_only, allocator.release
+
+    def heap_only():  # type: ignore[no-untyped-def]
+        events.append("step")
+        return real_heap_only()
+
+    def release() -> bool:
+        events.append("release")
+        return real_release()
+
+    monkeypatch.setattr(allocator, "heap_only", heap_only)
+    monkeypatch.setattr(allocator, "release", release)
+    cfg = load_config(None, [*FAST_OVERRIDES, "epochs=2", "patience=5"])
+    train(dataset, cfg, tmp_path / "ok", progress_bar=False)
+    assert events.count("step") > 0 and events[-1] == "release"
+    assert events.count("release") == 3  # before each of the two evaluations, and at the end
+
+    events.clear()
+
+    def failing_step(*args: Any, **kwargs: Any) -> Any:
+        raise FloatingPointError("a step failed")
+
+    monkeypatch.setattr(trainer, "step_losses", failing_step)
+    with pytest.raises(FloatingPointError, match="a step failed"):
+        train(dataset, cfg, tmp_path / "fails", progress_bar=False)
+    assert events == ["step", "release"]

@@ -29,11 +29,12 @@ unmapped again at every step; at 16x TikTok every user-sized (|U|, d) tensor is 
 ``heap_only()``, which the trainer holds around each training step, turns glibc's mmap off
 (``M_MMAP_MAX`` 0) for the step, so its large blocks also come from the heap and the next step
 reuses them, and the heap is not trimmed until ``release()``; mmap is back on outside the steps (the
-view refresh, evaluation, checkpoints), and ``release()`` (``malloc_trim``) hands the heap's free
-pages back before evaluation, whose own large blocks would otherwise add to a heap still holding
-the steps' freed ones. With mmap off for the
-whole process instead, the 16x run's peak went over 8 GiB (docs/BENCHMARKS.md). A user's own
-``MALLOC_MMAP_MAX_`` (or any setting ``tune()`` defers to) turns ``heap_only()`` into a no-op.
+view refresh, evaluation, checkpoints). ``release()`` (``malloc_trim``) hands the heap's free pages
+back and restores the trim threshold; the trainer calls it before each evaluation, whose own large
+blocks would otherwise add to a heap still holding the steps' freed ones, and when ``train()``
+returns or fails. With mmap off for the whole process instead, the 16x run's peak went over 8 GiB
+(docs/BENCHMARKS.md). A user's own ``MALLOC_MMAP_MAX_`` (or any setting ``tune()`` defers to)
+turns ``heap_only()`` into a no-op.
 """
 
 from __future__ import annotations

@@ -487,7 +487,25 @@ def train(
     progress_bar: bool = True,
     on_epoch: ProgressFn | None = None,
 ) -> TrainResult:
-    """Train MMSSL on ``dataset`` into ``run_dir``, resuming from ``run_dir/last.pt`` if present."""
+    """Train MMSSL on ``dataset`` into ``run_dir``, resuming from ``run_dir/last.pt`` if present.
+
+    However it ends, the heap the steps kept (``allocator.heap_only``) is released and glibc's
+    trim threshold restored, so a process that goes on (a retrain job's export) does not keep them.
+    """
+    try:
+        return _train(dataset, cfg, run_dir, progress_bar=progress_bar, on_epoch=on_epoch)
+    finally:
+        allocator.release()
+
+
+def _train(
+    dataset: Dataset,
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    progress_bar: bool,
+    on_epoch: ProgressFn | None,
+) -> TrainResult:
     tc = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
