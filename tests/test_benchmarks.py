@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -479,8 +480,31 @@ def test_train_speed_profiles_by_input_shape(tiny_data, tmp_path, capsys):
     args = ["--data", str(tiny_data), "--steps", "1", "--out", str(out), *FAST_OVERRIDES]
     assert train_speed.main([*args, "--by-shape"]) == 0
     printed = capsys.readouterr().out
-    assert "Input Shapes" in printed and "[120, " in printed  # e.g. a (n_users, d) operand
+    assert "Input Shapes" in printed
+    assert re.search(r"\[\[\d+, \d+\]", printed)  # an operator's 2-D operand shape, e.g. [[64, 32], ...
     result = json.loads(out.read_text())
     assert set(result["phase_ms"]) == {"forward", "adversarial", "backward"}
     assert train_speed.main(args) == 0
     assert "Input Shapes" not in capsys.readouterr().out
+
+
+def test_spmm_benchmark_times_both_products_of_each_operator(tiny_data, tmp_path, capsys):
+    """benchmarks.spmm: one row per operator and width, both timings positive, and the two
+    products' results agree (the difference it reports is the real one: within float rounding)."""
+    from benchmarks import spmm
+
+    out = tmp_path / "spmm.json"
+    assert (
+        spmm.main(["--data", str(tiny_data), "--dims", "8", "16", "--repeats", "2", "--out", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert [(r["operator"].split()[0], r["d"]) for r in result["rows"]] == [
+        ("user_mean", 8),
+        ("user_mean", 16),
+        ("item_mean", 8),
+        ("item_mean", 16),
+    ]
+    for r in result["rows"]:
+        assert r["csr_kernel_ms"] > 0 and r["embedding_bag_ms"] > 0 and r["nnz"] > 0
+        assert r["max_abs_diff"] < 1e-5
+    assert "| user_mean (U x I) | 8 |" in capsys.readouterr().out

@@ -393,6 +393,37 @@ def test_spmm_values_and_that_its_backward_uses_the_given_transpose():
     torch.testing.assert_close(dense.grad, 2 * a.T @ weight)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_csr_matmul_is_the_embedding_bag_product_and_equals_a_numpy_reference(index_dtype, monkeypatch):
+    """The CPU CSR product through a weighted embedding bag against numpy's dense product: empty
+    rows, an all-empty matrix, float64, a non-contiguous operand, int32 indices; then spmm's value
+    and gradient through it (gradcheck), and that the bag is what computed them."""
+    from model import graph as graph_mod
+
+    calls = []
+    bag = graph_mod.F.embedding_bag
+    monkeypatch.setattr(graph_mod.F, "embedding_bag", lambda *a, **k: calls.append(1) or bag(*a, **k))
+    gen = torch.Generator().manual_seed(4)
+    dense_a = torch.rand(6, 9, generator=gen, dtype=torch.float64)
+    dense_a = torch.where(torch.rand(6, 9, generator=gen, dtype=torch.float64) < 0.3, dense_a, 0.0)
+    dense_a[2] = 0.0
+    dense_a[5] = 0.0  # the last row empty too: the final offset closes an empty bag
+    full = dense_a.to_sparse_csr()
+    a = torch.sparse_csr_tensor(
+        full.crow_indices().to(index_dtype), full.col_indices().to(index_dtype), full.values(), full.shape
+    )
+    x = torch.randn(4, 9, generator=gen, dtype=torch.float64).T  # (9, 4), not contiguous
+    np.testing.assert_allclose(
+        graph_mod.csr_matmul(a, x).numpy(), dense_a.numpy() @ x.numpy(), rtol=1e-12, atol=1e-15
+    )
+    empty = torch.zeros(3, 9, dtype=torch.float64).to_sparse_csr()
+    assert torch.equal(graph_mod.csr_matmul(empty, x), torch.zeros(3, 4, dtype=torch.float64))
+    assert len(calls) == 2
+    xg = x.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: spmm(a, v, dense_a.T.to_sparse_csr()), (xg,))
+    assert len(calls) > 2  # forward and backward went through the bag
+
+
 @pytest.mark.parametrize("density", [0.02, 0.6])
 def test_dense_times_weight_t_equals_the_dense_product_in_value_and_gradient(density):
     """Mostly-zero rows (the gather over nonzeros) and dense rows (the plain product) against a
