@@ -69,9 +69,9 @@ def csr_matmul(matrix: Tensor, dense: Tensor) -> Tensor:
 
     A CPU CSR matrix is multiplied as a weighted ``embedding_bag`` (mode "sum"): row r of the result
     is the sum of ``values[j] * dense[col[j]]`` over row r's entries, in the CSR's order, one row per
-    thread. That is the product's definition; PyTorch's CPU CSR kernel computes the same sums 2.5-12
-    times slower on the trainer's graphs (one thread: 2.58 ms against 0.21 ms for TikTok's (users x
-    items) @ (items x 64), 83 against 31 ms at 16x). Other layouts and devices use ``@``.
+    thread. That is the product's definition; PyTorch's CPU CSR kernel computes the same sums about
+    3-4 times slower on the trainer's graphs, at TikTok's size and at 16 times it (one thread,
+    ``python -m benchmarks.spmm``). Other layouts and devices (CUDA: cuSPARSE) use ``@``.
     """
     if (
         matrix.layout is torch.sparse_csr
