@@ -70,6 +70,50 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _NO_SCORES = np.zeros(0, dtype=np.float32)
 
 
+# Reserved slots of the artifact's own users come from a per-user table of their best added items,
+# built with each view, so that the request path reads one row instead of searching the side index
+# (benchmarks.serve.items: the side search was what a request with 10,000 added items still paid).
+USER_TABLE_WIDTH = 8  # added items kept per user: the reserved slots plus slack for hidden ones
+USER_TABLE_MAX_PRODUCTS = 200_000_000  # most (users x added items) inner products to build one
+_TABLE_CHUNK = 2048  # users scored per matrix product
+
+
+def best_rows_per_user(
+    users: np.ndarray,
+    vectors: np.ndarray,
+    width: int,
+    previous: tuple[np.ndarray, np.ndarray] | None = None,
+    covered: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``users`` (n_users, d): the ``width`` rows of ``vectors`` (n, d) with the largest
+    inner products, best first, as (rows (n_users, w) int64, scores (n_users, w) float32), w =
+    min(width, n). ``previous``: this function's table over the first ``covered`` rows of
+    ``vectors`` (their values unchanged since); only the rows after them are scored and merged."""
+    if previous is None:
+        covered = 0
+    fresh = np.ascontiguousarray(vectors[covered:], dtype=np.float32)
+    n_users = users.shape[0]
+    w = min(width, vectors.shape[0])
+    out_rows = np.empty((n_users, w), dtype=np.int64)
+    out_scores = np.empty((n_users, w), dtype=np.float32)
+    labels = np.arange(covered, vectors.shape[0], dtype=np.int64)
+    for lo in range(0, n_users, _TABLE_CHUNK):
+        hi = min(lo + _TABLE_CHUNK, n_users)
+        scores = users[lo:hi] @ fresh.T  # (chunk, n_fresh)
+        rows = np.broadcast_to(labels, scores.shape)
+        if previous is not None and covered:
+            scores = np.concatenate((previous[1][lo:hi], scores), axis=1)
+            rows = np.concatenate((previous[0][lo:hi], rows), axis=1)
+        if scores.shape[1] > w:
+            part = np.argpartition(-scores, w - 1, axis=1)[:, :w]
+            scores = np.take_along_axis(scores, part, axis=1)
+            rows = np.take_along_axis(rows, part, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        out_scores[lo:hi] = np.take_along_axis(scores, order, axis=1)
+        out_rows[lo:hi] = np.take_along_axis(rows, order, axis=1)
+    return out_rows, out_scores
+
+
 @dataclass(frozen=True)
 class ItemRecord:
     """What the overlay holds about one item id: every PUT for it, merged (the last one wins)."""
@@ -119,13 +163,16 @@ class CatalogueView:
         refine: int = 8,
         like: SearchSpace | None = None,
         side_index: Any = None,
+        user_table: tuple[tuple[np.ndarray, np.ndarray] | None, int] | None = None,
     ) -> None:
         """``combined``: the previous view's search space, when the item vectors are unchanged
         (``side_index``: its side index, if built); ``like``: the previous view's space when they
         changed (a pq index reuses its training).
         ``min_slots`` / ``max_slots``: the fewest / most added items one list holds (see top_k).
         ``exact_max``: most added items searched exactly (None: no bound); beyond, the indexes over
-        them are kind ``pq`` with ``refine`` x k candidates re-ranked exactly."""
+        them are kind ``pq`` with ``refine`` x k candidates re-ranked exactly.
+        ``user_table``: the previous view's per-user table (``self.user_table``) and how many of
+        the first added rows it covers, when those rows' vectors are unchanged."""
         self.rec = rec
         self.exact_max = exact_max
         self.refine = refine
@@ -168,6 +215,18 @@ class CatalogueView:
             _ = self._side_index  # built here, off the request path (its first query paid ~0.4 s)
         self.max_slots = max_slots
         self.min_slots = min_slots
+        # Reserved slots for the artifact's users (the "known" path: their vector is the exported
+        # h_u): each user's USER_TABLE_WIDTH best added items, exact, built here off the request
+        # path, extended by the rows a batch appends. Skipped past USER_TABLE_MAX_PRODUCTS (users x
+        # added items); requests then search the side index, as they do for other users.
+        self.user_table: tuple[np.ndarray, np.ndarray] | None = None
+        users = rec.user_embeddings
+        if min_slots > 0 and new_ids and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS:
+            previous, covered = user_table if user_table is not None else (None, 0)
+            if previous is not None and covered == len(new_ids):
+                self.user_table = previous
+            else:
+                self.user_table = best_rows_per_user(users, new_vectors, USER_TABLE_WIDTH, previous, covered)
         # Cached user vectors depend on the added items' features: scope them by the log position
         # of the last batch that added or re-featured one (the same on every replica).
         self.cache_version = (
@@ -332,6 +391,8 @@ class CatalogueView:
             refine=self.refine,
             like=self.space,
             side_index=self.__dict__.get("_side_index") if vectors is self.new_vectors else None,
+            # appended rows leave the earlier ones' vectors as they were; replaced ones do not
+            user_table=None if replace else (self.user_table, len(self.new_ids)),
         )
 
     # ---------------------------------------------------------------- ids
@@ -431,7 +492,13 @@ class CatalogueView:
     # ---------------------------------------------------------------- retrieval
 
     def top_k(
-        self, vector: np.ndarray | None, k: int, exclude: np.ndarray, *, reserve: bool = True
+        self,
+        vector: np.ndarray | None,
+        k: int,
+        exclude: np.ndarray,
+        *,
+        reserve: bool = True,
+        user: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` available items not in ``exclude``, artifact and added ones merged by score.
 
@@ -440,7 +507,8 @@ class CatalogueView:
         added items by score take them, the artifact's items the rest) and lowered to ``max_slots``
         (``NEW_ITEMS_MAX_SLOTS``), never more than the added items that may be shown. The list is
         ordered by score. ``vector`` None ranks by training popularity (added items have none: they
-        come last, in the order they were first added).
+        come last, in the order they were first added). ``user``: the artifact's user index when
+        ``vector`` is that user's exported h_u (the reserved slots then come from ``user_table``).
         """
         exclude = np.asarray(exclude, dtype=np.int64)
         new_exclude = exclude[exclude >= self.n_base] - self.n_base if exclude.size else _EMPTY
@@ -464,7 +532,7 @@ class CatalogueView:
                 # with reserved slots). The list's artifact items are the best k - n_new of the
                 # artifact's, more than the k - floor that stay: only the side index is searched,
                 # for the best ``floor`` added items, not the artifact's index a second time.
-                best, new_scores = self._best_new(vector, floor, allowed, new_exclude)
+                best, new_scores = self._best_new(vector, floor, allowed, new_exclude, user)
                 return self._reserve(labels[~is_new], scores[~is_new], best, new_scores, k, floor)
         base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
         mask = self.unavailable_base_mask if self.n_unavailable_base else None
@@ -509,10 +577,23 @@ class CatalogueView:
         return all_labels[order], all_scores[order]
 
     def _best_new(
-        self, vector: np.ndarray, take: int, allowed: np.ndarray, new_exclude: np.ndarray
+        self,
+        vector: np.ndarray,
+        take: int,
+        allowed: np.ndarray,
+        new_exclude: np.ndarray,
+        user: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best ``take`` added items that may be shown (rows of the side index) and their scores:
-        over-fetch by what may be filtered out, then drop it (like Recommender.top_k)."""
+        from ``user``'s row of the table when it holds ``take`` shown ones (every added item outside
+        it scores at most its last entry), else over-fetched from the side index and filtered (like
+        Recommender.top_k)."""
+        table = self.user_table if user is not None else None
+        if table is not None and take <= table[0].shape[1]:
+            rows = table[0][user]
+            keep = allowed[rows]
+            if int(keep.sum()) >= take:
+                return rows[keep][:take], table[1][user][keep][:take]
         fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         found_scores, found = self._side_index.search(query, fetch)

@@ -91,6 +91,11 @@ class Recommender:
 
     # ---------------------------------------------------------------- user vectors
 
+    @property
+    def user_embeddings(self) -> np.ndarray:
+        """(n_users, d) float32: the exported h_u, the vector of the "known" path."""
+        return self._user_embeddings
+
     def plan(self, user_id: str, fresh_items: np.ndarray, n_items: int | None = None) -> UserPlan:
         """Decide the path for ``user_id`` given its fresh item indices (stored + in the request).
 

@@ -84,7 +84,8 @@ class Serving:
         exclude = excluded
         if req.exclude_seen and (plan.train_items.size or fresh.size):
             exclude = np.concatenate((excluded, plan.train_items, fresh))
-        labels, scores = rec.top_k(vector, k, exclude)
+        known = plan.user_index if plan.path == "known" else None  # vector is the exported h_u
+        labels, scores = rec.top_k(vector, k, exclude, user=known)
         item_ids = rec.item_ids(labels)
         return {
             "recommendation_id": uuid.uuid4().hex,

@@ -90,20 +90,20 @@ def after_search(root: Path, added: int, n: int = 3000, rounds: int = 3, seed: i
         "b": CatalogueView.build(rec, cp, records, "1-0", settings.new_items_max_slots, **slots),
     }
     users = rng.integers(0, rec.artifact.manifest.n_users, size=n)
-    queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)), f"u{u}")
+    queries = [(np.ascontiguousarray(rec.artifact.arrays.user_embeddings[u]), rec.artifact.user_items(int(u)), int(u))
                for u in users]  # fmt: skip
 
-    b_lists = [views["b"].top_k(q, 20, seen)[0] for q, seen, _ in queries[:500]]
+    b_lists = [views["b"].top_k(q, 20, seen, user=u)[0] for q, seen, u in queries[:500]]
     share = float(np.mean([int((labels >= views["b"].n_base).sum()) for labels in b_lists]))
 
     def one_round(view: CatalogueView, search: bool) -> tuple[float, float]:
         t_search = t_rest = 0.0
         fixed = np.arange(20)
         for q, seen, user in queries:
-            t0 = time.process_time()
-            labels, scores = view.top_k(q, 20, seen) if search else (fixed, q[:20])
+            t0 = time.process_time()  # known users, as served: their reserved slots from the table
+            labels, scores = view.top_k(q, 20, seen, user=user) if search else (fixed, q[:20])
             t1 = time.process_time()
-            req = RecommendRequest.model_validate_json(orjson.dumps({"user_id": user, "k": 20}))
+            req = RecommendRequest.model_validate_json(orjson.dumps({"user_id": f"u{user}", "k": 20}))
             items = [
                 {"item_id": i, "score": sc}
                 for i, sc in zip(view.item_ids(labels), scores.tolist(), strict=True)

@@ -7,6 +7,7 @@ the identities the service relies on hold exactly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -167,3 +168,14 @@ def write_with_content(
     if set_current:
         contract.set_current(root, manifest.model_version)
     return path, planted
+
+
+class CountingSearch:
+    """Wraps an index and counts its ``search`` calls (to show which requests searched it)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index, self.calls = index, 0
+
+    def search(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.index.search(*args)

@@ -332,3 +332,109 @@ def test_apply_carries_the_exact_bound_into_the_next_view(many: Any) -> None:
     grown = {f"g{j}": ItemRecord(True, _features(rng), "5-0") for j in range(view.n_items + 10)}
     big = nxt.apply(list(grown), records | batch | grown, "5-0")
     assert big.space is not None and big.space.index.trained_on == big.n_items
+
+
+def test_best_rows_per_user_equals_a_numpy_sort_and_extends_exactly() -> None:
+    from service.catalogue import best_rows_per_user
+
+    rng = np.random.default_rng(5)
+    users = rng.normal(size=(37, 6)).astype(np.float32)
+    vectors = rng.normal(size=(90, 6)).astype(np.float32)
+
+    def numpy_top(vecs: np.ndarray, w: int) -> np.ndarray:
+        s = users.astype(np.float64) @ vecs.astype(np.float64).T
+        return np.argsort(-s, axis=1, kind="stable")[:, :w]
+
+    rows, scores = best_rows_per_user(users, vectors, 8)
+    assert rows.shape == scores.shape == (37, 8)
+    assert rows.tolist() == numpy_top(vectors, 8).tolist()
+    np.testing.assert_allclose(scores, np.take_along_axis(users @ vectors.T, rows, 1), rtol=1e-6)
+    # extended by appended rows: equal to the table built over all of them at once
+    first = best_rows_per_user(users, vectors[:60], 8)
+    extended = best_rows_per_user(users, vectors, 8, first, covered=60)
+    assert extended[0].tolist() == rows.tolist()
+    np.testing.assert_allclose(extended[1], scores, rtol=1e-6)
+    # fewer rows than the width: all of them, best first; then extended past the width
+    few = best_rows_per_user(users, vectors[:3], 8)
+    assert few[0].shape == (37, 3) and few[0].tolist() == numpy_top(vectors[:3], 3).tolist()
+    assert best_rows_per_user(users, vectors, 8, few, covered=3)[0].tolist() == rows.tolist()
+
+
+def _scaled(view: CatalogueView, min_slots: int) -> CatalogueView:
+    """The view with its added items scaled down, so that the reserved slots decide (as above)."""
+    return CatalogueView(
+        view.rec, view.content, view.records, view.base_available, view.new_ids, 0.05 * view.new_vectors,
+        view.new_modality, view.new_available, "1-0", None, min_slots=min_slots,
+    )  # fmt: skip
+
+
+def test_known_users_reserved_slots_come_from_the_table_and_equal_the_reference(setup: Any) -> None:
+    """A known user's vector is its exported h_u: its reserved slot is read from the per-user table,
+    not searched, and the list equals the numpy reference, also when the request excludes added
+    items or they are unavailable; when every table entry is hidden the side index answers."""
+    rec, content, records, rng = setup
+    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=1), 1)
+    assert view.user_table is not None and view.user_table[0].shape == (rec.user_embeddings.shape[0], 8)
+    counting = svc_artifacts.CountingSearch(view._side_index)
+    view.__dict__["_side_index"] = counting
+    for u in range(rec.user_embeddings.shape[0]):
+        q = rec.user_embeddings[u]
+        # exclude a few items, among them some of this user's best added ones
+        best_added = view.n_base + view.user_table[0][u][:3]
+        exclude = np.concatenate((rng.choice(view.n_items, size=5, replace=False), best_added[: u % 4]))
+        k = int(rng.integers(1, 40))
+        labels, scores = view.top_k(q, k, exclude, user=u)
+        want_labels, want_scores = _reference(view, q, k, exclude, None, 1)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+        if want_scores.size < 2 or np.abs(np.diff(want_scores)).min() > 1e-4:
+            assert labels.tolist() == want_labels.tolist()
+        assert (labels >= view.n_base).any()
+    assert counting.calls == 0
+    # every entry of user 0's row hidden: the side index is searched, and the answer is still exact
+    q = rec.user_embeddings[0]
+    exclude = view.n_base + view.user_table[0][0]
+    labels, scores = view.top_k(q, 10, exclude, user=0)
+    assert counting.calls == 1
+    np.testing.assert_allclose(scores, _reference(view, q, 10, exclude, None, 1)[1], rtol=1e-4, atol=1e-4)
+
+
+def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
+    setup: Any, monkeypatch: Any
+) -> None:
+    from service import catalogue
+    from service.catalogue import best_rows_per_user
+
+    rec, content, records, rng = setup
+    view = CatalogueView.build(rec, content, records, "1-0", None, min_slots=1)
+    users = rec.user_embeddings
+
+    def fresh(v: CatalogueView) -> list[list[int]]:
+        return best_rows_per_user(users, v.new_vectors, catalogue.USER_TABLE_WIDTH)[0].tolist()
+
+    assert view.user_table is not None and view.user_table[0].tolist() == fresh(view)
+    # availability only: the same table (hidden entries are filtered per request)
+    flipped = {"n0": ItemRecord(not records["n0"].available, records["n0"].features, "2-0")}
+    view2 = view.apply(list(flipped), records | flipped, "1-0")
+    assert view2.user_table is view.user_table
+    # appended items: extended, equal to a table built from scratch
+    more = {f"z{j}": ItemRecord(True, _features(rng), "3-0") for j in range(30)}
+    view3 = view2.apply(list(more), records | flipped | more, "3-0")
+    assert view3.user_table is not None and view3.user_table[0].tolist() == fresh(view3)
+    # a re-featured item changes an earlier row: rebuilt from scratch
+    refeat = {"n1": ItemRecord(True, _features(rng), "4-0")}
+    view4 = view3.apply(list(refeat), records | flipped | more | refeat, "4-0")
+    assert not np.array_equal(view4.new_vectors, view3.new_vectors)
+    assert view4.user_table is not None and view4.user_table[0].tolist() == fresh(view4)
+    # no reserved slots, or too many inner products to build it: no table, the side index answers
+    assert CatalogueView.build(rec, content, records, "1-0", None).user_table is None
+    monkeypatch.setattr(catalogue, "USER_TABLE_MAX_PRODUCTS", users.shape[0] * len(view.new_ids) - 1)
+    big = CatalogueView.build(rec, content, records, "1-0", None, min_slots=1)
+    assert big.user_table is None
+    q = users[2]
+    labels, scores = _scaled(big, 1).top_k(q, 12, np.zeros(0, np.int64), user=2)
+    np.testing.assert_allclose(
+        scores, _reference(_scaled(big, 1), q, 12, _EMPTY, None, 1)[1], rtol=1e-4, atol=1e-4
+    )
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)

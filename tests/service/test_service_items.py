@@ -213,7 +213,12 @@ def test_new_items_slots_reserve_a_place_for_the_best_added_items(
     for slots, k in ((0, 6), (1, 6), (2, 6), (5, 6), (2, 1)):
         client = make_client(admin_token=TOKEN, new_items_slots=slots)
         assert _put(client, [_body(i, f) for i, f in feats.items()]).status_code == 200
+        view = client.app.state.mmssl.runtime.catalogue.require()  # type: ignore[attr-defined]
+        counting = svc_artifacts.CountingSearch(view._side_index)
+        view.__dict__["_side_index"] = counting
         got = client.post("/recommend", json={"user_id": "u5", "k": k}).json()
+        # a known user's reserved slots are read from the view's per-user table, not searched
+        assert counting.calls == 0 and (slots == 0 or view.user_table is not None)
         n = min(slots, len(feats), k)
         pool = {i: model[i] for i in sorted(model, key=lambda i: -model[i])[: k - n]}
         pool |= {i: added[i] for i in best_added[:n]}
