@@ -75,7 +75,6 @@ _NO_SCORES = np.zeros(0, dtype=np.float32)
 # (benchmarks.serve.items: the side search was what a request with 10,000 added items still paid).
 USER_TABLE_WIDTH = 8  # added items kept per user: the reserved slots plus slack for hidden ones
 USER_TABLE_MAX_PRODUCTS = 200_000_000  # most (users x added items) inner products to build one
-_TABLE_CHUNK = 2048  # users scored per matrix product
 
 
 def best_rows_per_user(
@@ -88,30 +87,24 @@ def best_rows_per_user(
     """Per row of ``users`` (n_users, d): the ``width`` rows of ``vectors`` (n, d) with the largest
     inner products, best first, as (rows (n_users, w) int64, scores (n_users, w) float32), w =
     min(width, n). ``previous``: this function's table over the first ``covered`` rows of
-    ``vectors`` (their values unchanged since); only the rows after them are scored and merged."""
+    ``vectors`` (their values unchanged since); only the rows after them are scored and merged.
+
+    One exact FAISS search of all users against those rows (a blocked matrix product with a
+    per-query heap; numpy's product plus ``argpartition`` took 2.4 s for 9,308 users x 10,000
+    rows, a scan of every score, against FAISS's selection inside its blocks)."""
     if previous is None:
         covered = 0
     fresh = np.ascontiguousarray(vectors[covered:], dtype=np.float32)
-    n_users = users.shape[0]
     w = min(width, vectors.shape[0])
-    out_rows = np.empty((n_users, w), dtype=np.int64)
-    out_scores = np.empty((n_users, w), dtype=np.float32)
-    labels = np.arange(covered, vectors.shape[0], dtype=np.int64)
-    for lo in range(0, n_users, _TABLE_CHUNK):
-        hi = min(lo + _TABLE_CHUNK, n_users)
-        scores = users[lo:hi] @ fresh.T  # (chunk, n_fresh)
-        rows = np.broadcast_to(labels, scores.shape)
-        if previous is not None and covered:
-            scores = np.concatenate((previous[1][lo:hi], scores), axis=1)
-            rows = np.concatenate((previous[0][lo:hi], rows), axis=1)
-        if scores.shape[1] > w:
-            part = np.argpartition(-scores, w - 1, axis=1)[:, :w]
-            scores = np.take_along_axis(scores, part, axis=1)
-            rows = np.take_along_axis(rows, part, axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        out_scores[lo:hi] = np.take_along_axis(scores, order, axis=1)
-        out_rows[lo:hi] = np.take_along_axis(rows, order, axis=1)
-    return out_rows, out_scores
+    index = faiss.IndexFlatIP(fresh.shape[1])
+    index.add(fresh)
+    scores, rows = index.search(np.ascontiguousarray(users, dtype=np.float32), min(width, fresh.shape[0]))
+    rows = rows.astype(np.int64) + covered
+    if previous is not None and covered:
+        scores = np.concatenate((previous[1], scores), axis=1)
+        rows = np.concatenate((previous[0], rows), axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :w]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 @dataclass(frozen=True)
