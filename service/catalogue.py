@@ -511,10 +511,6 @@ class CatalogueView:
             allowed[new_exclude] = False
         n_allowed = self.n_new_available if not new_exclude.size else int(allowed.sum())
         floor = min(self.min_slots if reserve else 0, n_allowed, k)
-        if user is not None and self.user_table is not None and vector is not None and n_allowed:
-            known = self._known_top_k(vector, k, exclude, user, allowed, floor)
-            if known is not None:
-                return known
         if self.space is not None and vector is not None and n_allowed:
             # one search over artifact + added items (exact: the same inner products, one ranking)
             labels, scores = self.rec.top_k(
@@ -553,41 +549,6 @@ class CatalogueView:
         if n_new < min(floor, best.size):
             return self._reserve(labels, scores, best, new_scores, k, floor)
         return all_labels[order], all_scores[order]
-
-    def _known_top_k(
-        self, vector: np.ndarray, k: int, exclude: np.ndarray, user: int, allowed: np.ndarray, floor: int
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """top_k for a known user from the model's own index and the user's row of the table, or
-        None when the row cannot decide it.
-
-        The row holds the user's best added items of all (shown or not), best first; every added
-        item outside it scores at most its last entry. So when that last entry scores below the
-        model's k-th item (or the row holds every added item), the added items the blend by score
-        can put in the top k are all in the row (its shown entries), and the ``floor`` best shown
-        added items are the row's first shown ones when it has that many.
-        The list is then the blend of top_k's other paths: one search of the model's items, as
-        without added items, instead of one over both."""
-        assert self.user_table is not None
-        base_exclude = exclude[exclude < self.n_base] if exclude.size else exclude
-        mask = self.unavailable_base_mask if self.n_unavailable_base else None
-        labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
-        rows, row_scores = self.user_table[0][user], self.user_table[1][user]
-        kth = float(scores[k - 1]) if labels.size >= k else -np.inf
-        if rows.size < len(self.new_ids) and not row_scores[-1] < kth:
-            return None  # an added item outside the row may belong in the list
-        shown = allowed[rows]
-        rows, row_scores = rows[shown], row_scores[shown]
-        if rows.size < floor and rows.size < len(self.new_ids):
-            return None  # the floor's best shown added items may lie outside the row
-        # the blend by score: the top k of the model's k and the row's shown entries together
-        blend = np.argsort(-np.concatenate((scores.astype(np.float32), row_scores)), kind="stable")[:k]
-        n_new = int((blend >= labels.size).sum())
-        if self.max_slots is not None:
-            n_new = min(n_new, self.max_slots)
-        n_new = max(n_new, min(floor, rows.size))
-        if n_new == 0:
-            return labels, scores
-        return self._reserve(labels, scores, rows, row_scores, k, n_new)
 
     def _reserve(
         self,
