@@ -360,42 +360,58 @@ def test_best_rows_per_user_equals_a_numpy_sort_and_extends_exactly() -> None:
     assert best_rows_per_user(users, vectors, 8, few, covered=3)[0].tolist() == rows.tolist()
 
 
-def _scaled(view: CatalogueView, min_slots: int) -> CatalogueView:
-    """The view with its added items scaled down, so that the reserved slots decide (as above)."""
+def _scaled(
+    view: CatalogueView, min_slots: int, scale: float = 0.05, max_slots: int | None = None
+) -> CatalogueView:
+    """The view with its added items scaled (down: the reserved slots decide, as above)."""
     return CatalogueView(
-        view.rec, view.content, view.records, view.base_available, view.new_ids, 0.05 * view.new_vectors,
-        view.new_modality, view.new_available, "1-0", None, min_slots=min_slots,
+        view.rec, view.content, view.records, view.base_available, view.new_ids, scale * view.new_vectors,
+        view.new_modality, view.new_available, "1-0", max_slots, min_slots=min_slots,
     )  # fmt: skip
 
 
-def test_known_users_reserved_slots_come_from_the_table_and_equal_the_reference(setup: Any) -> None:
-    """A known user's vector is its exported h_u: its reserved slot is read from the per-user table,
-    not searched, and the list equals the numpy reference, also when the request excludes added
-    items or they are unavailable; when every table entry is hidden the side index answers."""
+@pytest.mark.parametrize(
+    "min_slots,max_slots,scale", [(1, None, 0.05), (3, None, 0.05), (2, 2, 0.3), (1, None, 1.0), (2, 4, 1.0)]
+)
+def test_known_users_reserved_slots_come_from_the_table_and_equal_the_reference(
+    setup: Any, min_slots: int, max_slots: int | None, scale: float
+) -> None:
+    """A known user's vector is its exported h_u: its reserved slots are read from the per-user
+    table, not searched, and the list equals the numpy reference (blend, floor and cap), also when
+    the request excludes added items or they are unavailable; when every table entry is hidden the
+    side index answers."""
     rec, content, records, rng = setup
-    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=1), 1)
+    view = CatalogueView.build(rec, content, records, "1-0", max_slots, min_slots=min_slots)
+    view = _scaled(view, min_slots, scale, max_slots)
     assert view.user_table is not None and view.user_table[0].shape == (rec.user_embeddings.shape[0], 8)
     counting = svc_artifacts.CountingSearch(view._side_index)
     view.__dict__["_side_index"] = counting
-    for u in range(rec.user_embeddings.shape[0]):
+    n_users = rec.user_embeddings.shape[0]
+    for trial in range(3 * n_users):
+        u = trial % n_users
         q = rec.user_embeddings[u]
         # exclude a few items, among them some of this user's best added ones
         best_added = view.n_base + view.user_table[0][u][:3]
-        exclude = np.concatenate((rng.choice(view.n_items, size=5, replace=False), best_added[: u % 4]))
+        exclude = np.unique(
+            np.concatenate((rng.choice(view.n_items, size=5, replace=False), best_added[: trial % 4]))
+        )
         k = int(rng.integers(1, 40))
         labels, scores = view.top_k(q, k, exclude, user=u)
-        want_labels, want_scores = _reference(view, q, k, exclude, None, 1)
+        want_labels, want_scores = _reference(view, q, k, exclude, max_slots, min_slots)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
         if want_scores.size < 2 or np.abs(np.diff(want_scores)).min() > 1e-4:
-            assert labels.tolist() == want_labels.tolist()
-        assert (labels >= view.n_base).any()
-    assert counting.calls == 0
+            assert labels.tolist() == want_labels.tolist(), (trial, k)
+    if scale < 0.1:  # the slots decide: the table answers unless hidden entries leave too few
+        assert counting.calls <= (0 if min_slots == 1 else n_users // 2)
+    searched = counting.calls
     # every entry of user 0's row hidden: the side index is searched, and the answer is still exact
     q = rec.user_embeddings[0]
     exclude = view.n_base + view.user_table[0][0]
     labels, scores = view.top_k(q, 10, exclude, user=0)
-    assert counting.calls == 1
-    np.testing.assert_allclose(scores, _reference(view, q, 10, exclude, None, 1)[1], rtol=1e-4, atol=1e-4)
+    if scale < 0.1:  # the combined search found no added item: the slots needed the side index
+        assert counting.calls == searched + 1
+    want = _reference(view, q, 10, exclude, max_slots, min_slots)[1]
+    np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
 
 
 def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
