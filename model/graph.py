@@ -69,20 +69,23 @@ def csr_matmul(matrix: Tensor, dense: Tensor) -> Tensor:
 
     A CPU CSR matrix is multiplied as a weighted ``embedding_bag`` (mode "sum"): row r of the result
     is the sum of ``values[j] * dense[col[j]]`` over row r's entries, in the CSR's order, one row per
-    thread. That is the product's definition; PyTorch's CPU CSR kernel computes the same sums about
-    3-4 times slower on the trainer's graphs, at TikTok's size and at 16 times it (one thread,
-    ``python -m benchmarks.spmm``). Other layouts and devices (CUDA: cuSPARSE) use ``@``.
+    thread. That is the product's definition; PyTorch's CPU CSR kernel computes the same sums
+    1.4-4.3 times slower on the trainer's graphs at TikTok's size and 2.8-3.5 times at 16 times it
+    (one thread, ``python -m benchmarks.spmm``). Other layouts and devices (CUDA: cuSPARSE) use ``@``.
     """
     if (
         matrix.layout is torch.sparse_csr
         and matrix.device.type == "cpu"
         and dense.dim() == 2
+        and dense.shape[1] > 0
         and matrix.dtype == dense.dtype
         and dense.is_floating_point()
     ):
+        if dense.shape[0] != matrix.shape[1]:
+            raise ValueError(f"sparse {tuple(matrix.shape)} @ dense {tuple(dense.shape)}: inner sizes differ")
         return F.embedding_bag(
             matrix.col_indices(),
-            dense,
+            dense.contiguous(),  # a strided operand takes embedding_bag's slow generic loop
             matrix.crow_indices(),
             mode="sum",
             per_sample_weights=matrix.values(),

@@ -75,6 +75,7 @@ _NO_SCORES = np.zeros(0, dtype=np.float32)
 # (benchmarks.serve.items: the side search was what a request with 10,000 added items still paid).
 USER_TABLE_WIDTH = 8  # added items kept per user: the reserved slots plus slack for hidden ones
 USER_TABLE_MAX_PRODUCTS = 200_000_000  # most (users x added items) inner products to build one
+USER_TABLE_MAX_USERS = 1_000_000  # most users with a row: 12 bytes per entry, 92 MiB per view at most
 
 
 def best_rows_per_user(
@@ -83,6 +84,7 @@ def best_rows_per_user(
     width: int,
     previous: tuple[np.ndarray, np.ndarray] | None = None,
     covered: int = 0,
+    threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``users`` (n_users, d): the ``width`` rows of ``vectors`` (n, d) with the largest
     inner products, best first, as (rows (n_users, w) int64, scores (n_users, w) float32), w =
@@ -91,7 +93,11 @@ def best_rows_per_user(
 
     One exact FAISS search of all users against those rows (a blocked matrix product with a
     per-query heap; numpy's product plus ``argpartition`` took 2.4 s for 9,308 users x 10,000
-    rows, a scan of every score, against FAISS's selection inside its blocks)."""
+    rows, a scan of every score, against FAISS's selection inside its blocks). Rows FAISS found no
+    score for (a non-finite vector) are -1. ``threads``: OpenMP threads of this thread's FAISS calls
+    (``FAISS_THREADS``; 0 leaves them as set), as for every index build."""
+    if threads:
+        faiss.omp_set_num_threads(threads)
     if previous is None:
         covered = 0
     fresh = np.ascontiguousarray(vectors[covered:], dtype=np.float32)
@@ -99,7 +105,7 @@ def best_rows_per_user(
     index = faiss.IndexFlatIP(fresh.shape[1])
     index.add(fresh)
     scores, rows = index.search(np.ascontiguousarray(users, dtype=np.float32), min(width, fresh.shape[0]))
-    rows = rows.astype(np.int64) + covered
+    rows = np.where(rows >= 0, rows.astype(np.int64) + covered, -1)
     if previous is not None and covered:
         scores = np.concatenate((previous[1], scores), axis=1)
         rows = np.concatenate((previous[0], rows), axis=1)
@@ -212,14 +218,23 @@ class CatalogueView:
         # h_u): each user's USER_TABLE_WIDTH best added items, exact, built here off the request
         # path, extended by the rows a batch appends. Skipped past USER_TABLE_MAX_PRODUCTS (users x
         # added items); requests then search the side index, as they do for other users.
+        # Only where the combined search runs (a flat artifact index): the other paths never read it.
         self.user_table: tuple[np.ndarray, np.ndarray] | None = None
         users = rec.user_embeddings
-        if min_slots > 0 and new_ids and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS:
+        if (
+            self.space is not None
+            and 0 < min_slots <= USER_TABLE_WIDTH
+            and users.shape[0] <= USER_TABLE_MAX_USERS
+            and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS
+        ):
             previous, covered = user_table if user_table is not None else (None, 0)
             if previous is not None and covered == len(new_ids):
                 self.user_table = previous
             else:
-                self.user_table = best_rows_per_user(users, new_vectors, USER_TABLE_WIDTH, previous, covered)
+                threads = rec.index.config.threads
+                self.user_table = best_rows_per_user(
+                    users, new_vectors, USER_TABLE_WIDTH, previous, covered, threads=threads
+                )
         # Cached user vectors depend on the added items' features: scope them by the log position
         # of the last batch that added or re-featured one (the same on every replica).
         self.cache_version = (
@@ -584,7 +599,7 @@ class CatalogueView:
         table = self.user_table if user is not None else None
         if table is not None and take <= table[0].shape[1]:
             rows = table[0][user]
-            keep = allowed[rows]
+            keep = (rows >= 0) & allowed[np.maximum(rows, 0)]
             if int(keep.sum()) >= take:
                 return rows[keep][:take], table[1][user][keep][:take]
         fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)

@@ -422,6 +422,9 @@ def test_csr_matmul_is_the_embedding_bag_product_and_equals_a_numpy_reference(in
     xg = x.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: spmm(a, v, dense_a.T.to_sparse_csr()), (xg,))
     assert len(calls) > 2  # forward and backward went through the bag
+    with pytest.raises(ValueError, match="inner sizes differ"):
+        graph_mod.csr_matmul(a, x[:-1])  # as `@` refuses it
+    assert graph_mod.csr_matmul(a, x[:, :0]).shape == (6, 0)
 
 
 @pytest.mark.parametrize("density", [0.02, 0.6])

@@ -185,15 +185,12 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         out["side_index_search"].append(
             per_query_ms(lambda q, seen, u: with_added._side_index.search(q.reshape(1, -1), 20))
         )
-        out["top_k_with_exact_index"].append(
-            per_query_ms(lambda q, seen, u: exact.top_k(q, 20, seen, user=u))
-        )
+        out["top_k_with_exact_index"].append(per_query_ms(lambda q, seen, u: exact.top_k(q, 20, seen)))
         # a user whose vector is not the exported h_u (fresh interactions, fold-in): no table row
         out["top_k_with_no_user_table"].append(per_query_ms(lambda q, seen, u: with_added.top_k(q, 20, seen)))
     hits = sum(
         len(
-            set(with_added.top_k(q, 20, seen, user=u)[0].tolist())
-            & set(exact.top_k(q, 20, seen, user=u)[0].tolist())
+            set(with_added.top_k(q, 20, seen, user=u)[0].tolist()) & set(exact.top_k(q, 20, seen)[0].tolist())
         )
         for q, seen, u in queries
     )

@@ -454,3 +454,44 @@ def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def test_user_table_keeps_faiss_missing_rows_out_and_is_built_only_for_the_combined_search(
+    setup: Any,
+) -> None:
+    """A vector FAISS finds no score for (non-finite) leaves -1 in the table, built or extended,
+    and a reserved slot never turns -1 into an item (it would be the artifact's last one); views
+    over an approximate artifact index, which never read the table, do not build it."""
+    from service.catalogue import best_rows_per_user
+
+    rng = np.random.default_rng(8)
+    users = rng.normal(size=(4, 6)).astype(np.float32)
+    vectors = rng.normal(size=(3, 6)).astype(np.float32)
+    vectors[1] = np.nan
+    rows, _ = best_rows_per_user(users, vectors, 8)
+    assert rows.shape == (4, 3) and (rows == -1).sum(axis=1).tolist() == [1] * 4
+    assert set(rows[rows >= 0].tolist()) == {0, 2}
+    more = np.concatenate((vectors, vectors[1:2], vectors[:1]))  # one more missing row, one good
+    extended, _ = best_rows_per_user(users, more, 8, (rows, _), covered=3)
+    assert (extended == -1).sum(axis=1).tolist() == [2] * 4  # still -1, not -1 + covered
+    assert set(extended[extended >= 0].tolist()) == {0, 2, 4}
+
+    rec, content, records, rng = setup
+    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=2), 2)
+    assert view.user_table is not None
+    shown = np.flatnonzero(view.new_available)
+    table = view.user_table[0].copy()
+    table[0, :] = -1
+    table[0, 0] = shown[0]  # user 0's row: one shown added item, then rows FAISS found nothing for
+    view.user_table = (table, view.user_table[1])
+    last = view.n_base - 1
+    labels, scores = view.top_k(rec.user_embeddings[0], 10, np.array([last]), user=0)
+    assert last not in labels.tolist()
+    want = _reference(view, rec.user_embeddings[0], 10, np.array([last]), None, 2)
+    np.testing.assert_allclose(scores, want[1], rtol=1e-4, atol=1e-4)
+
+    hnsw = Recommender(
+        rec.artifact,
+        build_index(rec.artifact.arrays.item_embeddings, IndexConfig(kind="hnsw", use_gpu=False)),
+    )
+    assert CatalogueView.build(hnsw, content, records, "1-0", None, min_slots=1).user_table is None
