@@ -629,9 +629,11 @@ def validate_batch(req: ItemsRequest, view: CatalogueView, settings: Settings) -
     content = view.content
     seen: set[str] = set()
     changes: list[ItemChange] = []
+    well_formed: list[tuple[int, str, dict[str, np.ndarray]]] = []  # (position, id, features)
     for n, item in enumerate(req.items):
         where: tuple[Any, ...] = ("body", "items", n)
         item_id = item.item_id
+        errors_before = len(errors)
 
         def bad(
             field: tuple[Any, ...],
@@ -702,6 +704,25 @@ def validate_batch(req: ItemsRequest, view: CatalogueView, settings: Settings) -
                 None,
             )
         changes.append(ItemChange(item_id, item.available, features))
+        if len(errors) == errors_before:
+            well_formed.append((n, item_id, features))
+    if content is not None and well_formed:
+        # Finite features can still overflow the content path (float32 products of values near
+        # 3e38): such an item would get a non-finite h_i, which ranks nowhere and breaks searches.
+        with np.errstate(all="ignore"):
+            h, fbar = _project(content, [f for _, _, f in well_formed])
+        finite = np.isfinite(h).all(axis=1)
+        for rows in fbar.values():
+            finite &= np.isfinite(rows).all(axis=1)
+        for (n, item_id, _), ok in zip(well_formed, finite.tolist(), strict=True):
+            if not ok:
+                errors.append({
+                    "type": "finite_number",
+                    "loc": ("body", "items", n, "features"),
+                    "msg": f"item {item_id!r}: its features overflow the content path (the item "
+                    "vector would not be finite); they are too large in magnitude",
+                    "input": None,
+                })  # fmt: skip
     if errors:
         raise RequestValidationError(errors)
     return changes

@@ -369,6 +369,18 @@ def test_non_finite_features_are_refused_naming_item_and_field(admin: TestClient
     assert admin.get("/items/good-1").status_code == 404
 
 
+def test_features_that_overflow_the_content_path_are_refused(admin: TestClient) -> None:
+    """Finite float32 features near 3e38 overflow the content path's products: the item would get
+    a non-finite vector. One 422 naming the item, and nothing of the batch applied."""
+    good = _good("good-2")
+    huge = {m: [3.0e38] * len(v) for m, v in good["features"].items()}
+    r = _put(admin, [good, {"item_id": "huge-item", "features": huge}])
+    assert r.status_code == 422, r.text
+    assert "huge-item" in r.text and "overflow" in r.text and "good-2" not in r.text
+    assert admin.get("/items/good-2").status_code == 404
+    assert admin.get("/items/huge-item").status_code == 404
+
+
 def test_empty_batch_duplicates_and_batch_limit(admin: TestClient) -> None:
     r = _put(admin, [])
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items"]
