@@ -70,12 +70,25 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _NO_SCORES = np.zeros(0, dtype=np.float32)
 
 
-# Reserved slots of the artifact's own users come from a per-user table of their best added items,
-# built with each view, so that the request path reads one row instead of searching the side index
-# (benchmarks.serve.items: with 10,000 added items, top-K 1.7 -> 1.3 times its cost without them).
-USER_TABLE_WIDTH = 8  # added items kept per user: the reserved slots plus slack for hidden ones
+# The artifact's own users (the "known" path, whose vector is the exported h_u) read their best
+# added items from a per-user table built with each view, so that their request searches the
+# artifact's index alone, as it does without added items, and merges one row: no scan of the added
+# items' vectors on the request path (benchmarks.serve.items).
+USER_TABLE_WIDTH = 24  # most added items kept per user: a list of 20 plus slack for hidden ones
+USER_TABLE_MIN_WIDTH = 8  # fewest; the width shrinks to this as users grow (USER_TABLE_MAX_ENTRIES)
+USER_TABLE_MAX_ENTRIES = 4_000_000  # users x width: 24 bytes per entry, 92 MiB per view at most
 USER_TABLE_MAX_PRODUCTS = 200_000_000  # most (users x added items) inner products to build one
-USER_TABLE_MAX_USERS = 1_000_000  # most users with a row: 12 bytes per entry, 92 MiB per view at most
+USER_TABLE_MAX_USERS = USER_TABLE_MAX_ENTRIES // USER_TABLE_MIN_WIDTH  # 500,000 users with a row
+
+
+def user_table_width(n_users: int, min_slots: int) -> int:
+    """Entries per user of the table (0: no table): USER_TABLE_WIDTH while users x width fits in
+    USER_TABLE_MAX_ENTRIES, fewer for more users, none below the reserved slots or
+    USER_TABLE_MIN_WIDTH."""
+    if n_users <= 0 or n_users > USER_TABLE_MAX_USERS:
+        return 0
+    width = min(USER_TABLE_WIDTH, USER_TABLE_MAX_ENTRIES // n_users)
+    return width if width >= max(min_slots, USER_TABLE_MIN_WIDTH) else 0
 
 
 def best_rows_per_user(
@@ -111,6 +124,34 @@ def best_rows_per_user(
         rows = np.concatenate((previous[0], rows), axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :w]
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+@dataclass(frozen=True)
+class ShownRows:
+    """A view's per-user table as its requests read it: each row's shown (available) added items
+    first, best first, as item indices of the view (n_base + row) and scores, -1 / -inf after."""
+
+    labels: np.ndarray  # (n_users, w) int64
+    scores: np.ndarray  # (n_users, w) float32
+    n_shown: np.ndarray  # (n_users,) int64: shown entries at the start of each row
+    # (n_users,) float32: every added item outside the row scores at most this (-inf: the row
+    # holds every added item, being as wide as their number or left short by FAISS)
+    bound: np.ndarray
+
+
+def shown_rows(
+    table: tuple[np.ndarray, np.ndarray], available: np.ndarray, n_base: int, n_added: int
+) -> ShownRows:
+    """``table`` (best_rows_per_user's) with the unavailable items moved out of each row."""
+    rows, scores = table
+    keep = (rows >= 0) & available[np.maximum(rows, 0)]
+    order = np.argsort(~keep, axis=1, kind="stable")  # shown entries first, in their order
+    keep = np.take_along_axis(keep, order, axis=1)
+    labels = np.where(keep, np.take_along_axis(rows, order, axis=1) + n_base, -1)
+    shown_scores = np.where(keep, np.take_along_axis(scores, order, axis=1), -np.inf).astype(np.float32)
+    whole = (rows[:, -1] < 0) | (rows.shape[1] == n_added)
+    bound = np.where(whole, -np.inf, scores[:, -1]).astype(np.float32)
+    return ShownRows(labels, shown_scores, keep.sum(axis=1), bound)
 
 
 @dataclass(frozen=True)
@@ -214,27 +255,28 @@ class CatalogueView:
             _ = self._side_index  # built here, off the request path (its first query paid ~0.4 s)
         self.max_slots = max_slots
         self.min_slots = min_slots
-        # Reserved slots for the artifact's users (the "known" path: their vector is the exported
-        # h_u): each user's USER_TABLE_WIDTH best added items, exact, built here off the request
-        # path, extended by the rows a batch appends. Only where the combined search reads it (a
-        # flat artifact index) and within the USER_TABLE_MAX_* bounds; otherwise requests search
-        # the side index, as they do for other users.
+        # The artifact's users (the "known" path: their vector is the exported h_u): each user's
+        # best added items (user_table_width of them), exact, built here off the request path,
+        # extended by the rows a batch appends; top_k merges a row into the artifact's own search.
+        # Only beside an exact (flat) artifact index, where the lists are exact, and within the
+        # USER_TABLE_MAX_* bounds; otherwise requests search the combined or side index.
         self.user_table: tuple[np.ndarray, np.ndarray] | None = None
         users = rec.user_embeddings
-        if (
-            self.space is not None
-            and 0 < min_slots <= USER_TABLE_WIDTH
-            and users.shape[0] <= USER_TABLE_MAX_USERS
-            and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS
-        ):
+        width = user_table_width(users.shape[0], min_slots)
+        if self.space is not None and width and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS:
             previous, covered = user_table if user_table is not None else (None, 0)
             if previous is not None and covered == len(new_ids):
                 self.user_table = previous
             else:
                 threads = rec.index.config.threads
                 self.user_table = best_rows_per_user(
-                    users, new_vectors, USER_TABLE_WIDTH, previous, covered, threads=threads
+                    users, new_vectors, width, previous, covered, threads=threads
                 )
+        self.shown_rows = (
+            None
+            if self.user_table is None
+            else shown_rows(self.user_table, new_available, self.n_base, len(new_ids))
+        )
         # Cached user vectors depend on the added items' features: scope them by the log position
         # of the last batch that added or re-featured one (the same on every replica).
         self.cache_version = (
@@ -519,13 +561,20 @@ class CatalogueView:
         ``vector`` is that user's exported h_u (the reserved slots then come from ``user_table``).
         """
         exclude = np.asarray(exclude, dtype=np.int64)
-        new_exclude = exclude[exclude >= self.n_base] - self.n_base if exclude.size else _EMPTY
+        # (one max first: a known user's exclude list is their training items, none of them added)
+        hides_new = bool(exclude.size) and int(exclude.max()) >= self.n_base
+        new_exclude = exclude[exclude >= self.n_base] - self.n_base if hides_new else _EMPTY
         allowed = self.new_available
         if new_exclude.size:
             allowed = allowed.copy()
             allowed[new_exclude] = False
         n_allowed = self.n_new_available if not new_exclude.size else int(allowed.sum())
         floor = min(self.min_slots if reserve else 0, n_allowed, k)
+        if user is not None and self.shown_rows is not None and vector is not None and n_allowed:
+            base_exclude = exclude[exclude < self.n_base] if hides_new else exclude
+            found = self._known_top_k(user, vector, k, base_exclude, new_exclude, allowed, floor)
+            if found is not None:
+                return found
         if self.space is not None and vector is not None and n_allowed:
             # one search over artifact + added items (exact: the same inner products, one ranking)
             labels, scores = self.rec.top_k(
@@ -564,6 +613,67 @@ class CatalogueView:
         if n_new < min(floor, best.size):
             return self._reserve(labels, scores, best, new_scores, k, floor)
         return all_labels[order], all_scores[order]
+
+    def _known_top_k(
+        self,
+        user: int,
+        vector: np.ndarray,
+        k: int,
+        base_exclude: np.ndarray,
+        new_exclude: np.ndarray,
+        allowed: np.ndarray,
+        floor: int,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """top_k for an artifact user with a table row: the artifact's own index searched as
+        without added items, and the row's shown entries merged in; None where the row cannot
+        decide the list exactly (then the combined search answers).
+
+        Exact when the row holds every added item, or else when no added item outside it (each
+        scores at most ``bound``) could change the list: the blend's k-th score is at least the
+        bound, and the row holds as many shown items as the list is to have."""
+        table = self.shown_rows
+        assert table is not None
+        cand, cand_scores = table.labels[user], table.scores[user]
+        n = int(table.n_shown[user])
+        if new_exclude.size:  # the request hides added items itself (rare for a known user)
+            keep = allowed[np.maximum(cand[:n] - self.n_base, 0)]
+            cand, cand_scores = cand[:n][keep], cand_scores[:n][keep]
+            n = cand.size
+        mask = self.unavailable_base_mask if self.n_unavailable_base else None
+        labels, scores = self.rec.top_k(vector, k, base_exclude, mask, self.n_unavailable_base)
+        nb, m = labels.size, min(n, k)
+        top = cand_scores[:m]
+        if nb == k:
+            # Both lists are best first: the row's j-th entry is in the blend's top k iff it beats
+            # the artifact item it would push out, the (k-1-j)-th (artifact items first among equal
+            # scores); those entries are a prefix of the row.
+            n_blend = int(np.count_nonzero(top > scores[k - m :][::-1]))
+        else:
+            order = np.argsort(-np.concatenate((scores, top)), kind="stable")[:k]
+            n_blend = int(np.count_nonzero(order >= nb))
+        bound = float(table.bound[user])
+        if bound > -np.inf:
+            if nb + m < k:
+                return None  # the list is short: added items outside the row would join it
+            kth = min(
+                float(scores[k - 1 - n_blend]) if n_blend < k else np.inf,
+                float(top[n_blend - 1]) if n_blend else np.inf,
+            )
+            if kth < bound:
+                return None  # an added item outside the row may belong in the blend
+        take = max(n_blend, floor)
+        if self.max_slots is not None:
+            take = min(take, self.max_slots)
+        if take > m:
+            if bound > -np.inf:
+                return None  # the reserved slots need added items beyond the row
+            take = m
+        if take == 0:
+            return labels, scores
+        keep_base = min(nb, k - take)
+        out_scores = np.concatenate((scores[:keep_base], top[:take]))
+        order = np.argsort(-out_scores, kind="stable")  # artifact items first among equal scores
+        return np.concatenate((labels[:keep_base], cand[:take]))[order], out_scores[order]
 
     def _reserve(
         self,

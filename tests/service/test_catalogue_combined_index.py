@@ -22,6 +22,7 @@ from service.recommender import Recommender
 
 DIMS = svc_artifacts.RAW_DIMS
 N_ADDED = 80
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def _features(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -370,23 +371,32 @@ def _scaled(
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("width", [24, 8, 200])  # a row of 24 (the default), a narrow one, every item
 @pytest.mark.parametrize(
     "min_slots,max_slots,scale", [(1, None, 0.05), (3, None, 0.05), (2, 2, 0.3), (1, None, 1.0), (2, 4, 1.0)]
 )
-def test_known_users_reserved_slots_come_from_the_table_and_equal_the_reference(
-    setup: Any, min_slots: int, max_slots: int | None, scale: float
+def test_known_users_search_the_artifacts_index_merge_their_row_and_equal_the_reference(
+    setup: Any, monkeypatch: Any, min_slots: int, max_slots: int | None, scale: float, width: int
 ) -> None:
-    """A known user's vector is its exported h_u: its reserved slots are read from the per-user
-    table, not searched, and the list equals the numpy reference (blend, floor and cap), also when
-    the request excludes added items or they are unavailable; when every table entry is hidden the
-    side index answers."""
+    """A known user's vector is its exported h_u: their list is the artifact's own index searched
+    (as with no added items) merged with their row of the per-user table, and it equals the numpy
+    reference (blend, floor and cap), also when the request excludes added items or they are
+    unavailable. Where the row cannot decide the list (the blend reaches below its last entry, or
+    hidden entries leave too few) the combined search answers, exactly as well."""
+    from service import catalogue
+
+    monkeypatch.setattr(catalogue, "USER_TABLE_WIDTH", width)
+    monkeypatch.setattr(catalogue, "USER_TABLE_MIN_WIDTH", min(width, 8))
     rec, content, records, rng = setup
     view = CatalogueView.build(rec, content, records, "1-0", max_slots, min_slots=min_slots)
     view = _scaled(view, min_slots, scale, max_slots)
-    assert view.user_table is not None and view.user_table[0].shape == (rec.user_embeddings.shape[0], 8)
-    counting = svc_artifacts.CountingSearch(view._side_index)
-    view.__dict__["_side_index"] = counting
     n_users = rec.user_embeddings.shape[0]
+    assert view.user_table is not None and view.user_table[0].shape == (n_users, min(width, N_ADDED))
+    assert view.space is not None and view.shown_rows is not None
+    side = svc_artifacts.CountingSearch(view._side_index)
+    view.__dict__["_side_index"] = side
+    combined = svc_artifacts.CountingSearch(view.space.index.index)
+    view.space.index.index = combined
     for trial in range(3 * n_users):
         u = trial % n_users
         q = rec.user_embeddings[u]
@@ -401,17 +411,67 @@ def test_known_users_reserved_slots_come_from_the_table_and_equal_the_reference(
         np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
         if want_scores.size < 2 or np.abs(np.diff(want_scores)).min() > 1e-4:
             assert labels.tolist() == want_labels.tolist(), (trial, k)
-    if scale < 0.1:  # the slots decide: the table answers unless hidden entries leave too few
-        assert counting.calls <= (0 if min_slots == 1 else n_users // 2)
-    searched = counting.calls
-    # every entry of user 0's row hidden: the side index is searched, and the answer is still exact
+    if width >= N_ADDED:  # the row holds every added item: it always decides
+        assert combined.calls == side.calls == 0
+    elif scale < 0.1 and width == 24:  # slots decide, and the row is deep enough for them
+        assert combined.calls <= n_users // 2 and side.calls <= combined.calls
+    searched = combined.calls
+    # every entry of user 0's row hidden: the row cannot decide, and the answer is still exact
     q = rec.user_embeddings[0]
     exclude = view.n_base + view.user_table[0][0]
     labels, scores = view.top_k(q, 10, exclude, user=0)
-    if scale < 0.1:  # the combined search found no added item: the slots needed the side index
-        assert counting.calls == searched + 1
+    if width < N_ADDED:
+        assert combined.calls == searched + 1
     want = _reference(view, q, 10, exclude, max_slots, min_slots)[1]
     np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [8, 200])
+def test_known_users_with_few_model_items_left_fill_the_list_from_the_row_or_the_combined_search(
+    setup: Any, monkeypatch: Any, width: int
+) -> None:
+    """A request that excludes nearly all of the artifact's items: the artifact's search returns
+    fewer than k, so added items fill the list. A row that holds every added item decides it; a
+    narrow one cannot (items outside it join a short list): the combined search answers."""
+    from service import catalogue
+
+    monkeypatch.setattr(catalogue, "USER_TABLE_WIDTH", width)
+    monkeypatch.setattr(catalogue, "USER_TABLE_MIN_WIDTH", min(width, 8))
+    rec, content, records, rng = setup
+    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=1), 1, 0.05)
+    combined = svc_artifacts.CountingSearch(view.space.index.index)  # type: ignore[union-attr]
+    view.space.index.index = combined  # type: ignore[union-attr]
+    shown_base = np.flatnonzero(view.base_available)
+    exclude = shown_base[5:]  # five of the artifact's items left
+    for u in range(rec.user_embeddings.shape[0]):
+        q = rec.user_embeddings[u]
+        labels, scores = view.top_k(q, 30, exclude, user=u)
+        want_labels, want_scores = _reference(view, q, 30, exclude, None, 1)
+        assert labels.size == 30 and int((labels < view.n_base).sum()) <= 5
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+        assert labels.tolist() == want_labels.tolist()
+        # more asked for than there are items to show: every shown one, from a whole row too
+        labels, scores = view.top_k(q, 100, exclude, user=u)
+        want_labels, want_scores = _reference(view, q, 100, exclude, None, 1)
+        assert labels.size == 5 + view.n_new_available and labels.tolist() == want_labels.tolist()
+    assert combined.calls == (0 if width >= N_ADDED else 2 * rec.user_embeddings.shape[0])
+
+
+def test_known_users_row_tracks_availability_changes(setup: Any) -> None:
+    """Unavailable added items leave the rows requests read (the table itself is reused), and a
+    known user's list never holds one."""
+    rec, content, records, rng = setup
+    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=2), 2, 1.0)
+    best = {view.new_ids[int(r)] for r in view.user_table[0][:, :4].ravel()}  # type: ignore[index]
+    hidden = {i: ItemRecord(False, records[i].features, "2-0") for i in sorted(best)[:20]}
+    view2 = view.apply(list(hidden), records | hidden, "1-0")
+    assert view2.user_table is view.user_table and view2.shown_rows is not view.shown_rows
+    gone = {view2.n_base + view2.new_row[i] for i in hidden}
+    for u in range(rec.user_embeddings.shape[0]):
+        q = rec.user_embeddings[u]
+        labels, scores = view2.top_k(q, 20, _EMPTY, user=u)
+        assert not gone & set(labels.tolist())
+        np.testing.assert_allclose(scores, _reference(view2, q, 20, _EMPTY, None, 2)[1], rtol=1e-4, atol=1e-4)
 
 
 def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
@@ -441,11 +501,13 @@ def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
     view4 = view3.apply(list(refeat), records | flipped | more | refeat, "4-0")
     assert not np.array_equal(view4.new_vectors, view3.new_vectors)
     assert view4.user_table is not None and view4.user_table[0].tolist() == fresh(view4)
-    # no reserved slots, or too many inner products to build it: no table, the side index answers
-    assert CatalogueView.build(rec, content, records, "1-0", None).user_table is None
+    # without reserved slots too (known users' lists still merge a row); none for more reserved
+    # slots than a row holds, or too many inner products to build it: the combined search answers
+    assert CatalogueView.build(rec, content, records, "1-0", None).user_table is not None
+    assert CatalogueView.build(rec, content, records, "1-0", None, min_slots=25).user_table is None
     monkeypatch.setattr(catalogue, "USER_TABLE_MAX_PRODUCTS", users.shape[0] * len(view.new_ids) - 1)
     big = CatalogueView.build(rec, content, records, "1-0", None, min_slots=1)
-    assert big.user_table is None
+    assert big.user_table is None and big.shown_rows is None
     q = users[2]
     labels, scores = _scaled(big, 1).top_k(q, 12, np.zeros(0, np.int64), user=2)
     np.testing.assert_allclose(
@@ -453,7 +515,17 @@ def test_user_table_follows_the_views_appended_reused_rebuilt_or_skipped(
     )
 
 
-_EMPTY = np.zeros(0, dtype=np.int64)
+def test_user_table_width_shrinks_with_users_and_stops_at_its_floor() -> None:
+    from service import catalogue
+    from service.catalogue import user_table_width
+
+    assert user_table_width(9_319, 1) == catalogue.USER_TABLE_WIDTH == 24
+    assert user_table_width(9_319, 24) == 24 and user_table_width(9_319, 25) == 0
+    many = catalogue.USER_TABLE_MAX_ENTRIES // 10
+    assert user_table_width(many, 1) == 10 and user_table_width(many, 11) == 0
+    assert user_table_width(catalogue.USER_TABLE_MAX_USERS, 0) == catalogue.USER_TABLE_MIN_WIDTH
+    assert user_table_width(catalogue.USER_TABLE_MAX_USERS + 1, 0) == 0 and user_table_width(0, 0) == 0
+
 
 
 def test_user_table_keeps_faiss_missing_rows_out_and_is_built_only_for_the_combined_search(
@@ -477,18 +549,25 @@ def test_user_table_keeps_faiss_missing_rows_out_and_is_built_only_for_the_combi
     assert set(extended[extended >= 0].tolist()) == {0, 2, 4}
 
     rec, content, records, rng = setup
-    view = _scaled(CatalogueView.build(rec, content, records, "1-0", None, min_slots=2), 2)
-    assert view.user_table is not None
-    shown = np.flatnonzero(view.new_available)
-    table = view.user_table[0].copy()
-    table[0, :] = -1
-    table[0, 0] = shown[0]  # user 0's row: one shown added item, then rows FAISS found nothing for
-    view.user_table = (table, view.user_table[1])
+    three = {i: ItemRecord(True, records[i].features, "1-0") for i in ("n0", "n1", "n2")}
+    base = CatalogueView.build(rec, content, three, "1-0", None, min_slots=2)
+    vectors = base.new_vectors.copy()
+    vectors[1] = np.nan  # FAISS scores it nowhere: every row is [best, other, -1]
+    view = CatalogueView(
+        rec, content, three, base.base_available, base.new_ids, vectors, base.new_modality,
+        base.new_available, "1-0", None, min_slots=2,
+    )  # fmt: skip
+    assert view.user_table is not None and view.shown_rows is not None
+    assert (view.user_table[0][:, -1] == -1).all() and (view.shown_rows.n_shown == 2).all()
+    assert np.isneginf(view.shown_rows.bound).all()  # a row left short holds every added item
     last = view.n_base - 1
-    labels, scores = view.top_k(rec.user_embeddings[0], 10, np.array([last]), user=0)
-    assert last not in labels.tolist()
-    want = _reference(view, rec.user_embeddings[0], 10, np.array([last]), None, 2)
-    np.testing.assert_allclose(scores, want[1], rtol=1e-4, atol=1e-4)
+    for u in range(rec.user_embeddings.shape[0]):
+        q = rec.user_embeddings[u]
+        labels, scores = view.top_k(q, 10, np.array([last]), user=u)
+        assert last not in labels.tolist() and view.n_base + 1 not in labels.tolist()
+        want = _reference(view, q, 10, np.array([last]), None, 2)
+        np.testing.assert_allclose(scores, want[1], rtol=1e-4, atol=1e-4)
+        assert int((labels >= view.n_base).sum()) == 2
 
     hnsw = Recommender(
         rec.artifact,

@@ -216,9 +216,12 @@ def test_new_items_slots_reserve_a_place_for_the_best_added_items(
         view = client.app.state.mmssl.runtime.catalogue.require()  # type: ignore[attr-defined]
         counting = svc_artifacts.CountingSearch(view._side_index)
         view.__dict__["_side_index"] = counting
+        combined = svc_artifacts.CountingSearch(view.space.index.index)
+        view.space.index.index = combined
         got = client.post("/recommend", json={"user_id": "u5", "k": k}).json()
-        # a known user's reserved slots are read from the view's per-user table, not searched
-        assert counting.calls == 0 and (slots == 0 or view.user_table is not None)
+        # a known user's list is the model's index searched, merged with their row of the view's
+        # per-user table: neither the added items' index nor the combined one is searched
+        assert counting.calls == combined.calls == 0 and view.user_table is not None
         n = min(slots, len(feats), k)
         pool = {i: model[i] for i in sorted(model, key=lambda i: -model[i])[: k - n]}
         pool |= {i: added[i] for i in best_added[:n]}
