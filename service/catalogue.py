@@ -169,6 +169,11 @@ def _fits(content: ContentPath, features: Mapping[str, np.ndarray]) -> bool:
     )
 
 
+def _same_features(a: Mapping[str, np.ndarray] | None, b: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``b`` repeats ``a`` value for value (a PUT that re-sends an item's features)."""
+    return a is not None and a.keys() == b.keys() and all(np.array_equal(a[m], b[m]) for m in a)
+
+
 def _project(
     content: ContentPath, rows: list[Mapping[str, np.ndarray]]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -272,6 +277,7 @@ class CatalogueView:
                 self.user_table = best_rows_per_user(
                     users, new_vectors, width, previous, covered, threads=threads
                 )
+        self.table_misses = 0  # known users' lists their row could not decide (statistics only)
         self.shown_rows = (
             None
             if self.user_table is None
@@ -558,7 +564,8 @@ class CatalogueView:
         (``NEW_ITEMS_MAX_SLOTS``), never more than the added items that may be shown. The list is
         ordered by score. ``vector`` None ranks by training popularity (added items have none: they
         come last, in the order they were first added). ``user``: the artifact's user index when
-        ``vector`` is that user's exported h_u (the reserved slots then come from ``user_table``).
+        ``vector`` is that user's exported h_u (then the artifact's index alone is searched and the
+        user's row of ``shown_rows`` merged in, where the row decides the list: _known_top_k).
         """
         exclude = np.asarray(exclude, dtype=np.int64)
         # (one max first: a known user's exclude list is their training items, none of them added)
@@ -575,6 +582,7 @@ class CatalogueView:
             found = self._known_top_k(user, vector, k, base_exclude, new_exclude, allowed, floor)
             if found is not None:
                 return found
+            self.table_misses += 1
         if self.space is not None and vector is not None and n_allowed:
             # one search over artifact + added items (exact: the same inner products, one ranking)
             labels, scores = self.rec.top_k(
@@ -973,13 +981,14 @@ class Catalogue:
         for position, changes in entries:
             for change in changes:
                 prev = records.get(change.item_id)
-                features = (
-                    change.features if change.features is not None else (prev.features if prev else None)
-                )
+                features = prev.features if prev is not None else None
+                if change.features is not None and not _same_features(features, change.features):
+                    features = change.features
+                    features_position = position
+                # else the previous features object stays: the view sees no new features (no
+                # re-projection, the same indexes and per-user table) and cached vectors stay valid
                 records[change.item_id] = ItemRecord(change.available, features, position)
                 changed.append(change.item_id)
-                if change.features is not None:
-                    features_position = position
         rec = self.manager.current
         view = self._view
         new_view: CatalogueView | None = None

@@ -384,6 +384,31 @@ def test_features_that_overflow_the_content_path_are_refused(admin: TestClient) 
     assert admin.get("/items/huge-item").status_code == 404
 
 
+def test_features_sent_again_unchanged_leave_the_view_its_vectors_table_and_cache_scope(
+    admin: TestClient,
+) -> None:
+    """A PUT that repeats an added item's features value for value changes nothing that depends
+    on them: no re-projection, the same index and per-user table, the same cache scope. Other
+    values do, and availability alone never does."""
+    rng = np.random.default_rng(4)
+    feats = {f"same-{j}": _features(rng) for j in range(3)}
+    assert _put(admin, [_body(i, f) for i, f in feats.items()]).status_code == 200
+    catalogue = admin.app.state.mmssl.runtime.catalogue  # type: ignore[attr-defined]
+    first = catalogue.require()
+    again = [_body(i, {m: v.copy() for m, v in f.items()}) for i, f in feats.items()]
+    again[1]["available"] = False
+    assert _put(admin, again).status_code == 200
+    second = catalogue.require()
+    assert second is not first and second.records["same-0"].features is first.records["same-0"].features
+    assert second.space is first.space and second.user_table is first.user_table
+    assert second.cache_version == first.cache_version and not second.is_available(second.n_base + 1)
+    other = dict(feats["same-2"]) | {m: feats["same-2"][m] + 1.0 for m in list(DIMS)[:1]}
+    assert _put(admin, [_body("same-2", other)]).status_code == 200
+    third = catalogue.require()
+    assert third.space is not second.space and third.cache_version != second.cache_version
+    assert not np.array_equal(third.new_vectors[2], second.new_vectors[2])
+
+
 def test_empty_batch_duplicates_and_batch_limit(admin: TestClient) -> None:
     r = _put(admin, [])
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items"]
