@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST_OVERRIDES
@@ -509,3 +510,22 @@ def test_spmm_benchmark_times_both_products_of_each_operator(tiny_data, tmp_path
         assert r["csr_kernel_ms"] > 0 and r["embedding_bag_ms"] > 0 and r["nnz"] > 0
         assert r["max_abs_diff"] < 1e-5
     assert "| user_mean (U x I) | 8 |" in capsys.readouterr().out
+
+
+def test_serving_ratio_interval_resamples_paired_rounds():
+    """The items benchmark's B/A interval: a percentile bootstrap of mean(B) / mean(A) over rounds
+    resampled in pairs, checked against a loop over the same resampled indices."""
+    from benchmarks.serve.items import ratio_interval
+
+    a = [100.0, 120.0, 90.0, 110.0, 105.0]
+    b = [95.0, 118.0, 80.0, 100.0, 104.0]
+    got = ratio_interval(a, b, resamples=500, seed=3)
+    pick = np.random.default_rng(3).integers(0, 5, size=(500, 5))
+    ratios = [np.mean([b[i] for i in row]) / np.mean([a[i] for i in row]) for row in pick]
+    assert got == [round(float(x), 3) for x in np.percentile(ratios, [2.5, 97.5])]
+    assert got[0] <= sum(b) / sum(a) <= got[1] < 1.0
+    # B proportional to A round by round: every resample gives the same ratio, whatever the drift
+    assert ratio_interval(a, [0.9 * x for x in a]) == [0.9, 0.9]
+    assert ratio_interval(a[:2], b[:2]) is None
+    with pytest.raises(ValueError, match="rounds"):
+        ratio_interval(a, b[:4])

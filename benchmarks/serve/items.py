@@ -188,6 +188,11 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         out["top_k_with_exact_index"].append(per_query_ms(lambda q, seen, u: exact.top_k(q, 20, seen)))
         # a user whose vector is not the exported h_u (fresh interactions, fold-in): no table row
         out["top_k_with_no_user_table"].append(per_query_ms(lambda q, seen, u: with_added.top_k(q, 20, seen)))
+    # how many known users' lists of 20 their table row decided (the rest: the combined search)
+    misses = with_added.table_misses
+    for q, seen, u in queries:
+        with_added.top_k(q, 20, seen, user=u)
+    table_share = 1.0 - (with_added.table_misses - misses) / n
     hits = sum(
         len(
             set(with_added.top_k(q, 20, seen, user=u)[0].tolist()) & set(exact.top_k(q, 20, seen)[0].tolist())
@@ -198,7 +203,24 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
     return {"queries": n, "rounds": rounds, "build_view_s": round(build_s, 3),
             "index_with_added": with_added.space.index.kind, "settings": bound,
             "recall_at_20_vs_exact_index": round(hits / (20 * n), 5),
+            "known_lists_decided_by_the_table_row": round(table_share, 4),
             "ms_per_query": {k: [round(v, 4) for v in vals] for k, vals in out.items()}}  # fmt: skip
+
+
+def ratio_interval(
+    a: list[float], b: list[float], resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95% percentile-bootstrap interval of mean(b) / mean(a) over paired rounds: round i of A and
+    of B resampled together (the machine's drift between rounds is what varies). None for fewer
+    than 3 rounds."""
+    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if va.size != vb.size:
+        raise ValueError(f"{va.size} rounds of A, {vb.size} of B")
+    if va.size < 3:
+        return None
+    pick = np.random.default_rng(seed).integers(0, va.size, size=(resamples, va.size))
+    ratios = vb[pick].mean(axis=1) / va[pick].mean(axis=1)
+    return [round(float(x), 3) for x in np.percentile(ratios, [2.5, 97.5])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternated A/B")
+    p.add_argument(
+        "--generations", type=int, default=1, help="pairs of fresh A and B servers, one after the other"
+    )
     p.add_argument(
         "--profile",
         type=int,
@@ -256,39 +281,51 @@ def main(argv: list[str] | None = None) -> int:
                     [[i, b["items"], b["put_s"], b["served_by_both_s"]]
                      for i, b in enumerate(result["propagation"]["batches"])]))  # fmt: skip
 
-        # 2. warm throughput, without (A) and with (B) the added items, alternated
-        started = time.perf_counter()
-        b = server("items", args.workers, "b")  # replays every added item before it is ready
-        result["replay_start_s"] = round(time.perf_counter() - started, 2)
-        a = server("plain", args.workers, "a")
-        assert httpx.get(f"{b.url}/items/new-{args.added - 1}").status_code == 200
-        assert httpx.get(f"{a.url}/items/new-0").status_code == 404
-        for s in (a, b):
-            asyncio.run(_prime(s.url, n_users))
-        result["added_share_of_warm_top20"] = {
-            "a": share_of_added(a.url, n_users),
-            "b": share_of_added(b.url, n_users),
-        }
+        # 2. warm throughput, without (A) and with (B) the added items, alternated; with
+        # --generations N, N pairs of fresh server processes one after the other (a process's own
+        # speed varies by several % from one start to the next, the same for all its rounds)
         runs: list[dict[str, Any]] = []
-        for rnd in range(args.rounds):
-            for label, s in (("A: no added items", a), (f"B: {args.added} added", b)):
-                # CPU seconds the workers used per request: less at the mercy of other processes
-                # than req/s on a shared machine (a CPU-starved worker waits, it does not spend)
-                pids = s.worker_pids()
-                cpu0 = [cpu_seconds(pid) for pid in pids]
-                run = run_wrk(s.url, "warm", args.connections, 1, args.duration, n_users, n_items)
-                per_worker = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
-                cpu = sum(per_worker)
-                run["api_cpu_ms_per_request"] = round(1e3 * cpu / max(run["requests"], 1), 3)
-                # how the connections spread: 1/workers when even, 1.0 when one worker served all
-                run["busiest_worker_cpu_share"] = round(max(per_worker) / cpu, 3) if cpu > 0 else None
-                runs.append(run | {"server": label, "round": rnd})
+        result["replay_start_s_by_generation"] = []
+        for gen in range(args.generations):
+            started = time.perf_counter()
+            b = server("items", args.workers, f"b{gen}")  # replays every added item before it is ready
+            result["replay_start_s_by_generation"].append(round(time.perf_counter() - started, 2))
+            a = server("plain", args.workers, f"a{gen}")
+            assert httpx.get(f"{b.url}/items/new-{args.added - 1}").status_code == 200
+            assert httpx.get(f"{a.url}/items/new-0").status_code == 404
+            for s in (a, b):
+                asyncio.run(_prime(s.url, n_users))
+            if not gen:
+                result["added_share_of_warm_top20"] = {
+                    "a": share_of_added(a.url, n_users),
+                    "b": share_of_added(b.url, n_users),
+                }
+            for rnd in range(args.rounds):
+                # A then B, then B then A: a drift of the machine over a pair of rounds favours neither
+                pair = (("A: no added items", a), (f"B: {args.added} added", b))
+                for label, s in pair if rnd % 2 == 0 else pair[::-1]:
+                    # CPU seconds the workers used per request: less at the mercy of other processes
+                    # than req/s on a shared machine (a CPU-starved worker waits, it does not spend)
+                    pids = s.worker_pids()
+                    cpu0 = [cpu_seconds(pid) for pid in pids]
+                    run = run_wrk(s.url, "warm", args.connections, 1, args.duration, n_users, n_items)
+                    per_worker = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+                    cpu = sum(per_worker)
+                    run["api_cpu_ms_per_request"] = round(1e3 * cpu / max(run["requests"], 1), 3)
+                    # how the connections spread: 1/workers when even, 1.0 when one worker served all
+                    run["busiest_worker_cpu_share"] = round(max(per_worker) / cpu, 3) if cpu > 0 else None
+                    runs.append(run | {"server": label, "round": rnd, "generation": gen})
+            if gen < args.generations - 1:  # the last pair stays up for --profile
+                for done in (a, b):
+                    done.stop()
+                    servers.remove(done)
+        result["replay_start_s"] = result["replay_start_s_by_generation"][0]
         result["warm"] = runs
-        rows = [[r["server"], r["round"], r["rps"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
-                 r["api_cpu_ms_per_request"], r["busiest_worker_cpu_share"], r["error_total"]]
-                for r in runs]  # fmt: skip
-        print(table(["server", "round", "req/s", "p50 ms", "p99 ms", "API CPU ms/req", "busiest worker CPU share",
-                     "errors"], rows))  # fmt: skip
+        rows = [[r["server"], r["generation"], r["round"], r["rps"], r["latency_ms"].get("p50"),
+                 r["latency_ms"].get("p99"), r["api_cpu_ms_per_request"], r["busiest_worker_cpu_share"],
+                 r["error_total"]] for r in runs]  # fmt: skip
+        print(table(["server", "generation", "round", "req/s", "p50 ms", "p99 ms", "API CPU ms/req",
+                     "busiest worker CPU share", "errors"], rows))  # fmt: skip
         if args.profile:
             # py-spy on one worker of each during a warm run of its own (after the measured rounds)
             result["profile"] = {
@@ -323,6 +360,23 @@ def main(argv: list[str] | None = None) -> int:
         s["rps_b_over_a"] = round(s["rps_b"] / s["rps_a"], 3)
         s["p99_b_over_a"] = round(s["p99_ms_b"] / s["p99_ms_a"], 3)
         s["api_cpu_b_over_a"] = round(s["api_cpu_ms_b"] / s["api_cpu_ms_a"], 3)
+        # the interval resamples generations (pairs of server processes) when there are 3 or more,
+        # else rounds: the unit whose variation the ratio is exposed to
+        unit = "generation" if args.generations >= 3 else "round"
+        s["interval_unit"] = unit
+
+        def unit_of(r: dict[str, Any]) -> Any:
+            return r["generation"] if unit == "generation" else (r["generation"], r["round"])
+
+        units = sorted({unit_of(r) for r in runs})
+        for key, pick in (("rps", lambda r: r["rps"]), ("p99", lambda r: r["latency_ms"]["p99"]),
+                          ("api_cpu", lambda r: r["api_cpu_ms_per_request"])):  # fmt: skip
+            per_unit = [
+                [float(np.mean([pick(r) for r in runs if r["server"].startswith(side) and unit_of(r) == u]))
+                 for u in units]
+                for side in "AB"
+            ]  # fmt: skip
+            s[f"{key}_b_over_a_ci95"] = ratio_interval(per_unit[0], per_unit[1])
         print(s, "replay at start:", result["replay_start_s"], "s")
     finally:
         for s in servers:

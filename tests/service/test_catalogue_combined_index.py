@@ -411,6 +411,7 @@ def test_known_users_search_the_artifacts_index_merge_their_row_and_equal_the_re
         np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
         if want_scores.size < 2 or np.abs(np.diff(want_scores)).min() > 1e-4:
             assert labels.tolist() == want_labels.tolist(), (trial, k)
+    assert view.table_misses == combined.calls  # each list the row could not decide, counted
     if width >= N_ADDED:  # the row holds every added item: it always decides
         assert combined.calls == side.calls == 0
     elif scale < 0.1 and width == 24:  # slots decide, and the row is deep enough for them
@@ -525,7 +526,6 @@ def test_user_table_width_shrinks_with_users_and_stops_at_its_floor() -> None:
     assert user_table_width(many, 1) == 10 and user_table_width(many, 11) == 0
     assert user_table_width(catalogue.USER_TABLE_MAX_USERS, 0) == catalogue.USER_TABLE_MIN_WIDTH
     assert user_table_width(catalogue.USER_TABLE_MAX_USERS + 1, 0) == 0 and user_table_width(0, 0) == 0
-
 
 
 def test_user_table_keeps_faiss_missing_rows_out_and_is_built_only_for_the_combined_search(
