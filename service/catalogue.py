@@ -209,6 +209,7 @@ class CatalogueView:
         like: SearchSpace | None = None,
         side_index: Any = None,
         user_table: tuple[tuple[np.ndarray, np.ndarray] | None, int] | None = None,
+        shown: tuple[ShownRows | None, np.ndarray] | None = None,
     ) -> None:
         """``combined``: the previous view's search space, when the item vectors are unchanged
         (``side_index``: its side index, if built); ``like``: the previous view's space when they
@@ -217,7 +218,8 @@ class CatalogueView:
         ``exact_max``: most added items searched exactly (None: no bound); beyond, the indexes over
         them are kind ``pq`` with ``refine`` x k candidates re-ranked exactly.
         ``user_table``: the previous view's per-user table (``self.user_table``) and how many of
-        the first added rows it covers, when those rows' vectors are unchanged."""
+        the first added rows it covers, when those rows' vectors are unchanged; ``shown``: the
+        previous view's ``shown_rows`` and the availability they were derived with."""
         self.rec = rec
         self.exact_max = exact_max
         self.refine = refine
@@ -277,12 +279,21 @@ class CatalogueView:
                 self.user_table = best_rows_per_user(
                     users, new_vectors, width, previous, covered, threads=threads
                 )
-        self.table_misses = 0  # known users' lists their row could not decide (statistics only)
-        self.shown_rows = (
-            None
-            if self.user_table is None
-            else shown_rows(self.user_table, new_available, self.n_base, len(new_ids))
-        )
+        # known users' lists their row could not decide (statistics only: += from two threads at
+        # once may lose one; /recommend runs on the event loop)
+        self.table_misses = 0
+        self.shown_rows: ShownRows | None = None
+        if self.user_table is not None:
+            before, before_available = shown if shown is not None else (None, None)
+            if (
+                before is not None
+                and before_available is not None
+                and self.user_table is (user_table[0] if user_table is not None else None)
+                and np.array_equal(before_available, new_available)
+            ):
+                self.shown_rows = before  # same table, same availability of the added items
+            else:
+                self.shown_rows = shown_rows(self.user_table, new_available, self.n_base, len(new_ids))
         # Cached user vectors depend on the added items' features: scope them by the log position
         # of the last batch that added or re-featured one (the same on every replica).
         self.cache_version = (
@@ -449,6 +460,7 @@ class CatalogueView:
             side_index=self.__dict__.get("_side_index") if vectors is self.new_vectors else None,
             # appended rows leave the earlier ones' vectors as they were; replaced ones do not
             user_table=None if replace else (self.user_table, len(self.new_ids)),
+            shown=(self.shown_rows, self.new_available),
         )
 
     # ---------------------------------------------------------------- ids
