@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of py-spy sampling of one worker of A and of B after the rounds (0 = skip)",
     )
     p.add_argument("--added-scale", type=float, default=1.0, help=ADDED_SCALE_HELP)
+    p.add_argument(
+        "--hide-added",
+        action="store_true",
+        help="diagnosis: then make every added item unavailable, so that B's lists are A's",
+    )
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serve_items.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -275,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         # 1. propagation between two replicas
         r1, r2 = server("items", 1, "r1"), server("items", 1, "r2")
         result["propagation"] = propagation(r1, r2, args.added, args.batch)
+        if args.hide_added:
+            # diagnosis: B holds (and replays) every added item but may show none of them, so its
+            # requests take A's code path; what B still costs more is the process, not the search
+            with httpx.Client(timeout=60) as client:
+                for start in range(0, args.added, args.batch):
+                    ids = range(start, min(start + args.batch, args.added))
+                    body = {"items": [{"item_id": f"new-{j}", "available": False} for j in ids]}
+                    r = client.put(r1.url + "/items", json=body, headers=AUTH)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"PUT /items answered {r.status_code}: {r.text[:500]}")
         for s in (r1, r2):
             s.stop()
         print(table(["batch", "items", "PUT s", "served by both replicas s"],
