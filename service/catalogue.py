@@ -268,12 +268,13 @@ class CatalogueView:
         # Only beside an exact (flat) artifact index, where the lists are exact, and within the
         # USER_TABLE_MAX_* bounds; otherwise requests search the combined or side index.
         self.user_table: tuple[np.ndarray, np.ndarray] | None = None
+        table_reused = None
         users = rec.user_embeddings
         width = user_table_width(users.shape[0], min_slots)
         if self.space is not None and width and users.shape[0] * len(new_ids) <= USER_TABLE_MAX_PRODUCTS:
             previous, covered = user_table if user_table is not None else (None, 0)
             if previous is not None and covered == len(new_ids):
-                self.user_table = previous
+                self.user_table = table_reused = previous
             else:
                 threads = rec.index.config.threads
                 self.user_table = best_rows_per_user(
@@ -286,9 +287,9 @@ class CatalogueView:
         if self.user_table is not None:
             before, before_available = shown if shown is not None else (None, None)
             if (
-                before is not None
+                table_reused is not None
+                and before is not None
                 and before_available is not None
-                and self.user_table is (user_table[0] if user_table is not None else None)
                 and np.array_equal(before_available, new_available)
             ):
                 self.shown_rows = before  # same table, same availability of the added items
@@ -609,7 +610,7 @@ class CatalogueView:
                 # with reserved slots). The list's artifact items are the best k - n_new of the
                 # artifact's, more than the k - floor that stay: only the side index is searched,
                 # for the best ``floor`` added items, not the artifact's index a second time.
-                best, new_scores = self._best_new(vector, floor, allowed, new_exclude, user)
+                best, new_scores = self._best_new(vector, floor, allowed, new_exclude)
                 return self._reserve(labels[~is_new], scores[~is_new], best, new_scores, k, floor)
         base_exclude = exclude[exclude < self.n_base] if self.new_ids and exclude.size else exclude
         mask = self.unavailable_base_mask if self.n_unavailable_base else None
@@ -720,18 +721,10 @@ class CatalogueView:
         take: int,
         allowed: np.ndarray,
         new_exclude: np.ndarray,
-        user: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``take`` added items that may be shown (rows of the side index) and their scores:
-        from ``user``'s row of the table when it holds ``take`` shown ones (every added item outside
-        it scores at most its last entry), else over-fetched from the side index and filtered (like
-        Recommender.top_k)."""
-        table = self.user_table if user is not None else None
-        if table is not None and take <= table[0].shape[1]:
-            rows = table[0][user]
-            keep = (rows >= 0) & allowed[np.maximum(rows, 0)]
-            if int(keep.sum()) >= take:
-                return rows[keep][:take], table[1][user][keep][:take]
+        """The best ``take`` added items that may be shown (rows of the side index) and their scores,
+        over-fetched from the side index and filtered (like Recommender.top_k). (A known user's
+        table row answers in _known_top_k, before any path that comes here.)"""
         fetch = min(len(self.new_ids), take + self.unavailable_new.size + new_exclude.size)
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         found_scores, found = self._side_index.search(query, fetch)
