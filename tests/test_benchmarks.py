@@ -529,3 +529,29 @@ def test_serving_ratio_interval_resamples_paired_rounds():
     assert ratio_interval(a[:2], b[:2]) is None
     with pytest.raises(ValueError, match="rounds"):
         ratio_interval(a, b[:4])
+
+
+def test_serving_summary_means_ratios_and_the_interval_unit():
+    """The items benchmark's summary against hand-computed means and ratios; its interval
+    resamples generations from 3 of them, rounds below."""
+    from benchmarks.serve.items import ratio_interval, summarise
+
+    def run(server, gen, rnd, rps, p99, cpu):
+        return {"server": server, "generation": gen, "round": rnd, "rps": rps,
+                "latency_ms": {"p99": p99}, "api_cpu_ms_per_request": cpu}  # fmt: skip
+
+    runs = [run(side, g, r, rps, 10.0 + g, 1.0) for g in range(3) for r in range(2)
+            for side, rps in (("A: none", 100.0 + g + r), ("B: 10 added", 90.0 + g))]  # fmt: skip
+    s = summarise(runs, 3)
+    assert s["rps_a"] == round(np.mean([100 + g + r for g in range(3) for r in range(2)]), 3) == 101.5
+    assert s["rps_b"] == 91.0 and s["rps_b_over_a"] == round(91.0 / 101.5, 3)
+    assert s["p99_ms_a"] == s["p99_ms_b"] == 11.0 and s["p99_b_over_a"] == 1.0
+    assert s["api_cpu_b_over_a"] == 1.0 and s["api_cpu_b_over_a_ci95"] == [1.0, 1.0]
+    assert s["interval_unit"] == "generation"
+    by_gen = [[np.mean([100.5 + g]) for g in range(3)], [90.0 + g for g in range(3)]]
+    assert s["rps_b_over_a_ci95"] == ratio_interval(by_gen[0], by_gen[1])
+    two = summarise([r for r in runs if r["generation"] < 2], 2)
+    assert two["interval_unit"] == "round"
+    a = [100.0 + g + r for g in range(2) for r in range(2)]
+    b = [90.0 + g for g in range(2) for r in range(2)]
+    assert two["rps_b_over_a_ci95"] == ratio_interval(a, b)

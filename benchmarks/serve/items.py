@@ -188,17 +188,15 @@ def in_process(root: Path, added: int, n: int = 2000, rounds: int = 3, seed: int
         out["top_k_with_exact_index"].append(per_query_ms(lambda q, seen, u: exact.top_k(q, 20, seen)))
         # a user whose vector is not the exported h_u (fresh interactions, fold-in): no table row
         out["top_k_with_no_user_table"].append(per_query_ms(lambda q, seen, u: with_added.top_k(q, 20, seen)))
-    # how many known users' lists of 20 their table row decided (the rest: the combined search)
-    misses = with_added.table_misses
-    for q, seen, u in queries:
-        with_added.top_k(q, 20, seen, user=u)
-    table_share = 1.0 - (with_added.table_misses - misses) / n
+    misses = with_added.table_misses  # counted over the recall pass below: one list per query
     hits = sum(
         len(
             set(with_added.top_k(q, 20, seen, user=u)[0].tolist()) & set(exact.top_k(q, 20, seen)[0].tolist())
         )
         for q, seen, u in queries
     )
+    # how many known users' lists of 20 their table row decided (the rest: the combined search)
+    table_share = 1.0 - (with_added.table_misses - misses) / n
     assert with_added.space is not None and exact.space is not None
     return {"queries": n, "rounds": rounds, "build_view_s": round(build_s, 3),
             "index_with_added": with_added.space.index.kind, "settings": bound,
@@ -221,6 +219,38 @@ def ratio_interval(
     pick = np.random.default_rng(seed).integers(0, va.size, size=(resamples, va.size))
     ratios = vb[pick].mean(axis=1) / va[pick].mean(axis=1)
     return [round(float(x), 3) for x in np.percentile(ratios, [2.5, 97.5])]
+
+
+# what the summary compares: its key prefix and how to read it from one wrk run
+_MEASURES = {
+    "rps": ("rps", lambda r: r["rps"]),
+    "p99": ("p99_ms", lambda r: r["latency_ms"]["p99"]),
+    "api_cpu": ("api_cpu_ms", lambda r: r["api_cpu_ms_per_request"]),
+}
+
+
+def summarise(runs: list[dict[str, Any]], generations: int) -> dict[str, Any]:
+    """Means of A's and B's runs, B / A, and its 95 % interval (``ratio_interval``) resampling
+    generations (pairs of server processes) when there are 3 or more, else rounds: the unit whose
+    variation the ratio is exposed to."""
+    unit = "generation" if generations >= 3 else "round"
+
+    def unit_of(r: dict[str, Any]) -> Any:
+        return r["generation"] if unit == "generation" else (r["generation"], r["round"])
+
+    units = sorted({unit_of(r) for r in runs})
+    out: dict[str, Any] = {}
+    ratios: dict[str, Any] = {"interval_unit": unit}
+    for key, (prefix, pick) in _MEASURES.items():
+        side = {s: [r for r in runs if r["server"].startswith(s)] for s in "AB"}
+        for s in "AB":
+            out[f"{prefix}_{s.lower()}"] = round(float(np.mean([pick(r) for r in side[s]])), 3)
+        ratios[f"{key}_b_over_a"] = round(out[f"{prefix}_b"] / out[f"{prefix}_a"], 3)
+        per_unit = [
+            [float(np.mean([pick(r) for r in side[s] if unit_of(r) == u])) for u in units] for s in "AB"
+        ]
+        ratios[f"{key}_b_over_a_ci95"] = ratio_interval(per_unit[0], per_unit[1])
+    return out | ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,42 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     print(table([f"{name}: inclusive", "% of samples"], prof["inclusive_pct"]))
 
-        def mean(label_start: str, key: str) -> float:
-            pick = {"rps": lambda r: r["rps"], "p99": lambda r: r["latency_ms"]["p99"],
-                    "cpu": lambda r: r["api_cpu_ms_per_request"]}[key]  # fmt: skip
-            vals = [pick(r) for r in runs if r["server"].startswith(label_start)]
-            return round(float(np.mean(vals)), 3)
-
-        result["summary"] = {
-            "rps_a": mean("A", "rps"),
-            "rps_b": mean("B", "rps"),
-            "p99_ms_a": mean("A", "p99"),
-            "p99_ms_b": mean("B", "p99"),
-            "api_cpu_ms_a": mean("A", "cpu"),
-            "api_cpu_ms_b": mean("B", "cpu"),
-        }
-        s = result["summary"]
-        s["rps_b_over_a"] = round(s["rps_b"] / s["rps_a"], 3)
-        s["p99_b_over_a"] = round(s["p99_ms_b"] / s["p99_ms_a"], 3)
-        s["api_cpu_b_over_a"] = round(s["api_cpu_ms_b"] / s["api_cpu_ms_a"], 3)
-        # the interval resamples generations (pairs of server processes) when there are 3 or more,
-        # else rounds: the unit whose variation the ratio is exposed to
-        unit = "generation" if args.generations >= 3 else "round"
-        s["interval_unit"] = unit
-
-        def unit_of(r: dict[str, Any]) -> Any:
-            return r["generation"] if unit == "generation" else (r["generation"], r["round"])
-
-        units = sorted({unit_of(r) for r in runs})
-        for key, pick in (("rps", lambda r: r["rps"]), ("p99", lambda r: r["latency_ms"]["p99"]),
-                          ("api_cpu", lambda r: r["api_cpu_ms_per_request"])):  # fmt: skip
-            per_unit = [
-                [float(np.mean([pick(r) for r in runs if r["server"].startswith(side) and unit_of(r) == u]))
-                 for u in units]
-                for side in "AB"
-            ]  # fmt: skip
-            s[f"{key}_b_over_a_ci95"] = ratio_interval(per_unit[0], per_unit[1])
-        print(s, "replay at start:", result["replay_start_s"], "s")
+        result["summary"] = summarise(runs, args.generations)
+        print(result["summary"], "replay at start:", result["replay_start_s"], "s")
     finally:
         for s in servers:
             s.stop()
