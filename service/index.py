@@ -26,10 +26,10 @@ GPU_MAX_K = 2048
 # Fewest vectors a pq index is trained on (16 levels per coordinate; FAISS asks for 39 points each).
 PQ_MIN_ITEMS = 1024
 # Its training: a 1-D k-means of 16 levels per coordinate, on at most 64 points per level (FAISS
-# samples them, seeded) for 10 iterations. FAISS's defaults (256 points per level, 25 iterations)
-# took 0.48 s of the PUT /items batch that first builds a pq index (9,710 vectors, one thread);
-# these take about a fifth of that, and the shortlist's recall is unchanged
-# (benchmarks.serve.items, in_process.recall_at_20_vs_exact_index).
+# samples them, seeded) for 10 iterations. With FAISS's defaults (256 points per level, 25
+# iterations) the training was most of the PUT /items batch that first builds a pq index, the one
+# batch over 2 s to both replicas; with these it is not, and the shortlist's recall is unchanged
+# (benchmarks.serve.items: propagation, in_process.recall_at_20_vs_exact_index).
 PQ_TRAIN_POINTS_PER_LEVEL = 64
 PQ_TRAIN_ITERATIONS = 10
 
